@@ -1,0 +1,193 @@
+"""The ``mupdsl`` command: a thin layer over the library (design.md §6).
+
+Exit codes: 0 success / PASS, 1 a check that ran and failed, 2 bad input. ``--json`` prints one JSON
+document on stdout and nothing else; messages and progress go to stderr. Bad input never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .spec import OPTIMIZERS, ROLES, SpecError, differences, explain, load_spec, preset_names
+from .spec.abc import Explanation, fmt
+
+def _console(stream) -> Console:
+    # Rich assumes 80 columns when not on a terminal; tables of exponents need more to stay readable.
+    width = None if stream.isatty() else shutil.get_terminal_size((150, 40)).columns
+    return Console(file=stream, highlight=False, width=width)
+
+
+stdout = _console(sys.stdout)
+stderr = _console(sys.stderr)
+
+
+class BadInput(click.ClickException):
+    """Bad input: the message is printed as it is and the exit code is 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # noqa: D102 - click's hook
+        click.echo(self.message, err=True)
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise BadInput(f"--set {pair}: expected NAME=VALUE, e.g. --set eta0=0.1")
+        name, value = pair.split("=", 1)
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _load(path: str, sets: dict[str, str] | None = None):
+    try:
+        return load_spec(path, sets or None)
+    except SpecError as exc:
+        raise BadInput(exc.render()) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mupdsl")
+def main() -> None:
+    """mupdsl: parametrizations (µP, Depth-µP, CompleteP, …) as .param files, compiled onto any PyTorch model."""
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--quiet", "-q", is_flag=True, help="Print problems only.")
+def check(specs: tuple[str, ...], quiet: bool) -> None:
+    """Parse and check every SPEC (a path or a preset name); report every bad one. Exit 2 if any is bad."""
+    bad = 0
+    start = time.perf_counter()
+    for path in specs:
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            bad += 1
+            click.echo(exc.render(), err=True)
+            continue
+        if not quiet:
+            extra = f" (extends {', '.join(spec.chain[1:])})" if len(spec.chain) > 1 else ""
+            stdout.print(f"ok    {path}: spec '{spec.name}'{extra}, {len(spec.rules)} rules, "
+                         f"hyperparameters {', '.join(f'{k}={float(v.value):g}' for k, v in spec.hypers.items())}")
+    elapsed = time.perf_counter() - start
+    if not quiet or bad:
+        stderr.print(f"{len(specs) - bad} good, {bad} bad, checked in {elapsed * 1000:.0f} ms")
+    sys.exit(2 if bad else 0)
+
+
+@main.command("explain")
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--optimizer", "-o", type=click.Choice(OPTIMIZERS), default=None,
+              help="Optimizer section to explain (default: sgd and adam).")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a hyperparameter.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def explain_cmd(specs: tuple[str, ...], optimizer: str | None, sets: tuple[str, ...], as_json: bool) -> None:
+    """Per-role rules and abc exponents of SPEC; with two specs, whether they are equivalent.
+
+    Exponents follow TP4: effective weight n^-a·w, init std n^-b, learning rate n^-c, n the width. The
+    abc-symmetry (SGD: a+θ, b−θ, c−2θ; Adam: a+θ, b−θ, c−θ) leaves training unchanged, so two specs are
+    equivalent when a+b and 2a+c (SGD) or a+c (Adam) agree for every role.
+    """
+    if len(specs) > 2:
+        raise BadInput("explain takes one spec, or two to compare")
+    overrides = _parse_sets(sets)
+    loaded = [_load(path, overrides if len(specs) == 1 else None) for path in specs]
+    optimizers = (optimizer,) if optimizer else ("sgd", "adam")
+    if len(loaded) == 2:
+        report = {opt: [d.__dict__ for d in differences(loaded[0], loaded[1], opt)] for opt in optimizers}
+        if as_json:
+            click.echo(json.dumps({"left": specs[0], "right": specs[1],
+                                   "equivalent": {o: not d for o, d in report.items()}, "differences": report}))
+            return
+        for opt, diffs in report.items():
+            if not diffs:
+                stdout.print(f"[bold green]{opt}[/]: '{specs[0]}' and '{specs[1]}' are equivalent "
+                             "(same exponents up to the abc-symmetry)")
+                continue
+            table = Table(title=f"{opt}: '{specs[0]}' and '{specs[1]}' are NOT equivalent", title_justify="left")
+            for col in ("where", specs[0], specs[1]):
+                table.add_column(col)
+            for d in diffs:
+                table.add_row(d["what"], d["left"], d["right"])
+            stdout.print(table)
+        return
+    spec = loaded[0]
+    explanations = [explain(spec, opt) for opt in optimizers]
+    if as_json:
+        click.echo(json.dumps({"spec": spec.name, "path": spec.path,
+                               "optimizers": {e.optimizer: _explanation_json(e) for e in explanations}}))
+        return
+    for e in explanations:
+        _print_explanation(e)
+
+
+def _equivalent_presets(e: Explanation) -> list[str]:
+    out = []
+    for name in preset_names():
+        other = load_spec(name)
+        if other.path != e.spec.path and not differences(e.spec, other, e.optimizer):
+            out.append(name)
+    return out
+
+
+def _explanation_json(e: Explanation) -> dict:
+    def row(r):
+        if r is None:
+            return None
+        return {"a": fmt(r.a), "b": fmt(r.b), "c": fmt(r.c), "depth": {"a": fmt(r.a_depth), "b": fmt(r.b_depth),
+                "c": fmt(r.c_depth)}, "rules": r.texts, "sources": r.rules}
+    return {
+        "roles": {role: row(r) for role, r in e.roles.items()},
+        "residual_roles": {role: row(r) for role, r in e.residual_roles.items()
+                           if r and not r.same_rule(e.roles[role])},
+        "network": {"gamma": str(e.network.gamma), "tau": str(e.network.tau), "alpha": fmt(e.network.alpha),
+                    "branch": str(e.network.branch), "attention": str(e.network.attention)
+                    if e.network.attention else None, "center": e.network.center},
+        "equivalent_presets": _equivalent_presets(e),
+    }
+
+
+def _print_explanation(e: Explanation) -> None:
+    spec = e.spec
+    table = Table(title=f"{spec.name} ({spec.path}) — {e.optimizer}", title_justify="left")
+    for col in ("role", "init", "mult", "lr", "a", "b", "c", "inv a+b", "2a+c" if e.optimizer == "sgd" else "a+c",
+                "depth (a,b,c)", "rules"):
+        table.add_column(col, overflow="fold")
+    rows = [(role, r) for role, r in e.roles.items()]
+    rows += [(f"residual {role}", r) for role, r in e.residual_roles.items()
+             if r and not r.same_rule(e.roles[role])]
+    for role, r in rows:
+        if r is None:
+            table.add_row(role, *(["[dim]undecided[/]"] + [""] * 10))
+            continue
+        inv = r.invariants(e.optimizer)
+        depth = f"({fmt(r.a_depth)}, {fmt(r.b_depth)}, {fmt(r.c_depth)})"
+        lines = sorted({Path(r.rules[k].rsplit(":", 1)[0]).name for k in ("init", "mult", "lr")})
+        table.add_row(role, r.texts.get("init", ""), r.texts.get("mult", ""), r.texts.get("lr", ""),
+                      fmt(r.a), "zero" if r.b is None else fmt(r.b), fmt(r.c), "zero" if inv[0] is None
+                      else fmt(inv[0]), fmt(inv[1]), depth, ", ".join(lines))
+    stdout.print(table)
+    net = e.network
+    stdout.print(f"  network: gamma = {net.gamma}, tau = {net.tau}, alpha = {fmt(net.alpha)}, branch = {net.branch}, "
+                 f"attention = {net.attention if net.attention else 'model default'}, center = {net.center}")
+    globs = [r for r in spec.rules if r.selector.glob is not None and r.section in ("all", e.optimizer)]
+    for r in globs:
+        settings = "; ".join(f"{k} = {s.text}" for k, s in r.settings.items())
+        stdout.print(f"  by name: {r.selector} {{ {settings} }}  ({r.pos})")
+    same = _equivalent_presets(e)
+    stdout.print(f"  symmetry class ({e.optimizer}): " + (f"equivalent to {', '.join(same)}" if same
+                 else "equivalent to no other preset") + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,225 @@
+"""Which rule decides what: glob matching, most-specific-first resolution, and evaluation at given sizes.
+
+Resolution is per setting (``init``, ``mult``, ``lr``, ``wd``, ``eps``): for each one, the most specific
+matching rule that sets it wins. Specificity, compared in this order (docs/language.md, "Which rule wins"):
+
+1. a rule with a name glob beats one without; among globs, more literal characters win;
+2. a rule with a role beats one without (``default``); then a ``residual`` rule beats one without;
+3. an optimizer section beats the common part (for AdamW: ``adamw`` > ``adam`` > common);
+4. the later rule wins (a child spec's rules come after its parent's).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Mapping
+
+from .errors import SourcePos, SpecError
+from .expr import Monomial, to_monomial
+from .model import NETWORK_KEYS, REQUIRED_TENSOR_KEYS, TENSOR_KEYS, Expr, Init, Rule, Setting, Spec
+
+SECTION_RANK = {
+    "sgd": {"all": 0, "sgd": 1},
+    "adam": {"all": 0, "adam": 1},
+    "adamw": {"all": 0, "adam": 1, "adamw": 2},
+}
+
+NETWORK_DEFAULTS = {"gamma": "1", "tau": "1", "alpha": "0", "center": "false"}
+"""Values of network settings a spec leaves out; ``branch`` defaults to depth^-alpha and ``attention`` to the
+model's own scale (nothing is changed)."""
+
+
+@functools.lru_cache(maxsize=512)
+def glob_regex(glob: str) -> re.Pattern[str]:
+    """``*`` matches within one dotted name part, ``**`` across parts, ``?`` one character, ``[..]`` a class."""
+    out, i = [], 0
+    while i < len(glob):
+        ch = glob[i]
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if ch == "*":
+            out.append("[^.]*")
+        elif ch == "?":
+            out.append("[^.]")
+        elif ch == "[":
+            end = glob.index("]", i)
+            body = glob[i + 1:end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def glob_literal_length(glob: str) -> int:
+    return len(re.sub(r"\*+|\?|\[[^\]]*\]", "", glob))
+
+
+def rule_matches(rule: Rule, name: str | None, role: str, residual: bool = False) -> bool:
+    """Whether a rule applies to tensor ``name`` of ``role``; ``name=None`` asks about the role alone (no globs)."""
+    sel = rule.selector
+    if sel.role is not None and sel.role != role:
+        return False
+    if sel.residual and not residual:
+        return False
+    if sel.glob is None:
+        return True
+    return name is not None and glob_regex(sel.glob).match(name) is not None
+
+
+def _rank(rule: Rule, optimizer: str) -> tuple:
+    sel = rule.selector
+    glob_rank = (1, glob_literal_length(sel.glob)) if sel.glob is not None else (0, 0)
+    return glob_rank + (sel.role is not None, sel.residual, SECTION_RANK[optimizer][rule.section], rule.order)
+
+
+def check_optimizer(optimizer: str) -> str:
+    if optimizer not in SECTION_RANK:
+        raise ValueError(f"unknown optimizer '{optimizer}': choose sgd, adam or adamw")
+    return optimizer
+
+
+def resolve_settings(spec: Spec, optimizer: str, name: str | None, role: str,
+                     residual: bool = False) -> dict[str, Setting]:
+    """The winning setting for each key that some matching rule sets (``residual``: the tensor is on a branch)."""
+    check_optimizer(optimizer)
+    best: dict[str, tuple[tuple, Setting]] = {}
+    for rule in spec.rules:
+        if rule.section not in SECTION_RANK[optimizer] or not rule_matches(rule, name, role, residual):
+            continue
+        rank = _rank(rule, optimizer)
+        for key, setting in rule.settings.items():
+            if key not in best or rank > best[key][0]:
+                best[key] = (rank, setting)
+    return {key: setting for key, (_, setting) in best.items()}
+
+
+def missing_keys(settings: Mapping[str, Setting]) -> list[str]:
+    return [key for key in REQUIRED_TENSOR_KEYS if key not in settings]
+
+
+def network_setting(spec: Spec, optimizer: str, key: str) -> Setting | None:
+    """The network setting in force for ``key`` (an optimizer section beats the common block; later wins)."""
+    check_optimizer(optimizer)
+    best: tuple[tuple, Setting] | None = None
+    for ns in spec.network:
+        if ns.setting.key != key or ns.section not in SECTION_RANK[optimizer]:
+            continue
+        rank = (SECTION_RANK[optimizer][ns.section], ns.order)
+        if best is None or rank > best[0]:
+            best = (rank, ns.setting)
+    return best[1] if best else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Folding to monomials
+
+
+@dataclass(frozen=True)
+class Network:
+    """Network-level values as monomials of the network size variables."""
+
+    gamma: Monomial
+    tau: Monomial
+    alpha: Fraction
+    branch: Monomial
+    attention: Monomial | None
+    center: bool
+    sources: Mapping[str, SourcePos | None]
+
+
+def _lookup(spec: Spec, extra: Mapping[str, Monomial]):
+    hypers = spec.hyper_values()
+
+    def lookup(name: str, node: Expr) -> Monomial:
+        if name in hypers:
+            return Monomial.const(float(hypers[name]))
+        if name in extra:
+            return extra[name]
+        return Monomial.var(name)
+
+    return lookup
+
+
+def network(spec: Spec, optimizer: str) -> Network:
+    """The network settings for one optimizer, folded to monomials."""
+    values: dict[str, Monomial] = {}
+    sources: dict[str, SourcePos | None] = {}
+    center = False
+    for key in ("alpha", "gamma", "tau"):
+        setting = network_setting(spec, optimizer, key)
+        sources[key] = setting.pos if setting else None
+        if setting is None:
+            values[key] = Monomial.const(float(Fraction(NETWORK_DEFAULTS[key])))
+        else:
+            values[key] = to_monomial(setting.value, _lookup(spec, values))
+    alpha = Fraction(values["alpha"].coef).limit_denominator(10**9)
+    extra = {"alpha": Monomial.const(float(alpha))}
+    branch_setting = network_setting(spec, optimizer, "branch")
+    sources["branch"] = branch_setting.pos if branch_setting else None
+    if branch_setting is None:
+        branch = Monomial.var("depth").pow(-alpha)
+    else:
+        branch = to_monomial(branch_setting.value, _lookup(spec, extra))
+    attention_setting = network_setting(spec, optimizer, "attention")
+    sources["attention"] = attention_setting.pos if attention_setting else None
+    attention = to_monomial(attention_setting.value, _lookup(spec, extra)) if attention_setting else None
+    center_setting = network_setting(spec, optimizer, "center")
+    sources["center"] = center_setting.pos if center_setting else None
+    if center_setting is not None:
+        center = bool(center_setting.value)
+    return Network(gamma=values["gamma"], tau=values["tau"], alpha=alpha, branch=branch,
+                   attention=attention, center=center, sources=sources)
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    """A tensor's resolved rule as monomials: init kind and scale, mult, lr, wd, eps, and where each came from."""
+
+    init_kind: str
+    init_scale: Monomial | None
+    mult: Monomial
+    lr: Monomial
+    wd: Monomial | None
+    eps: Monomial | None
+    settings: Mapping[str, Setting]
+
+
+def tensor_rule(spec: Spec, optimizer: str, name: str | None, role: str, net: Network | None = None,
+                residual: bool = False) -> TensorRule:
+    """Resolve and fold the rule of one tensor; raises SpecError naming the tensor if a required key is missing."""
+    settings = resolve_settings(spec, optimizer, name, role, residual)
+    missing = missing_keys(settings)
+    if missing:
+        raise SpecError(
+            f"no rule decides {', '.join(missing)} for "
+            + (f"tensor '{name}' (role {role}" if name is not None else f"role '{role}' (") + f", optimizer {optimizer})",
+            SourcePos(spec.path, 0, 0),
+            hint=f"add a rule for role '{role}' or a 'default {{ … }}' rule that sets {', '.join(missing)}",
+        )
+    net = net or network(spec, optimizer)
+    lookup = _lookup(spec, {"gamma": net.gamma, "alpha": Monomial.const(float(net.alpha))})
+
+    def fold(key: str) -> Monomial | None:
+        setting = settings.get(key)
+        return None if setting is None else to_monomial(setting.value, lookup)
+
+    init: Init = settings["init"].value
+    scale = to_monomial(init.scale, lookup) if init.scale is not None else None
+    return TensorRule(init_kind=init.kind, init_scale=scale, mult=fold("mult"), lr=fold("lr"),
+                      wd=fold("wd"), eps=fold("eps"), settings=settings)
+
+
+__all__ = [
+    "NETWORK_KEYS", "TENSOR_KEYS", "Network", "TensorRule", "glob_regex", "network", "network_setting",
+    "resolve_settings", "rule_matches", "tensor_rule",
+]
