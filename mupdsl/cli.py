@@ -25,8 +25,13 @@ def _console(stream) -> Console:
     return Console(file=stream, highlight=False, width=width)
 
 
-stdout = _console(sys.stdout)
-stderr = _console(sys.stderr)
+def out() -> Console:
+    """The console on the current stdout (looked up per call, so captured streams work)."""
+    return _console(sys.stdout)
+
+
+def err() -> Console:
+    return _console(sys.stderr)
 
 
 class BadInput(click.ClickException):
@@ -77,11 +82,11 @@ def check(specs: tuple[str, ...], quiet: bool) -> None:
             continue
         if not quiet:
             extra = f" (extends {', '.join(spec.chain[1:])})" if len(spec.chain) > 1 else ""
-            stdout.print(f"ok    {path}: spec '{spec.name}'{extra}, {len(spec.rules)} rules, "
+            out().print(f"ok    {path}: spec '{spec.name}'{extra}, {len(spec.rules)} rules, "
                          f"hyperparameters {', '.join(f'{k}={float(v.value):g}' for k, v in spec.hypers.items())}")
     elapsed = time.perf_counter() - start
     if not quiet or bad:
-        stderr.print(f"{len(specs) - bad} good, {bad} bad, checked in {elapsed * 1000:.0f} ms")
+        err().print(f"{len(specs) - bad} good, {bad} bad, checked in {elapsed * 1000:.0f} ms")
     sys.exit(2 if bad else 0)
 
 
@@ -111,7 +116,7 @@ def explain_cmd(specs: tuple[str, ...], optimizer: str | None, sets: tuple[str, 
             return
         for opt, diffs in report.items():
             if not diffs:
-                stdout.print(f"[bold green]{opt}[/]: '{specs[0]}' and '{specs[1]}' are equivalent "
+                out().print(f"[bold green]{opt}[/]: '{specs[0]}' and '{specs[1]}' are equivalent "
                              "(same exponents up to the abc-symmetry)")
                 continue
             table = Table(title=f"{opt}: '{specs[0]}' and '{specs[1]}' are NOT equivalent", title_justify="left")
@@ -119,7 +124,7 @@ def explain_cmd(specs: tuple[str, ...], optimizer: str | None, sets: tuple[str, 
                 table.add_column(col)
             for d in diffs:
                 table.add_row(d["what"], d["left"], d["right"])
-            stdout.print(table)
+            out().print(table)
         return
     spec = loaded[0]
     explanations = [explain(spec, opt) for opt in optimizers]
@@ -176,16 +181,16 @@ def _print_explanation(e: Explanation) -> None:
         table.add_row(role, r.texts.get("init", ""), r.texts.get("mult", ""), r.texts.get("lr", ""),
                       fmt(r.a), "zero" if r.b is None else fmt(r.b), fmt(r.c), "zero" if inv[0] is None
                       else fmt(inv[0]), fmt(inv[1]), depth, ", ".join(lines))
-    stdout.print(table)
+    out().print(table)
     net = e.network
-    stdout.print(f"  network: gamma = {net.gamma}, tau = {net.tau}, alpha = {fmt(net.alpha)}, branch = {net.branch}, "
+    out().print(f"  network: gamma = {net.gamma}, tau = {net.tau}, alpha = {fmt(net.alpha)}, branch = {net.branch}, "
                  f"attention = {net.attention if net.attention else 'model default'}, center = {net.center}")
     globs = [r for r in spec.rules if r.selector.glob is not None and r.section in ("all", e.optimizer)]
     for r in globs:
         settings = "; ".join(f"{k} = {s.text}" for k, s in r.settings.items())
-        stdout.print(f"  by name: {r.selector} {{ {settings} }}  ({r.pos})")
+        out().print(f"  by name: {r.selector} {{ {settings} }}  ({r.pos})")
     same = _equivalent_presets(e)
-    stdout.print(f"  symmetry class ({e.optimizer}): " + (f"equivalent to {', '.join(same)}" if same
+    out().print(f"  symmetry class ({e.optimizer}): " + (f"equivalent to {', '.join(same)}" if same
                  else "equivalent to no other preset") + "\n")
 
 

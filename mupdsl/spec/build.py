@@ -7,6 +7,7 @@ keys and variables (with "did you mean"), bad globs, duplicate rules and setting
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ def _load(path: Path, stack: tuple[Path, ...]) -> Spec:
             raise SpecError(f"cannot find spec '{target}' to extend", pos, source=text, hint=hint)
         chain = stack + (resolved,)
         if parent_path.resolve() in chain:
-            cycle = " -> ".join(p.name for p in chain + (parent_path.resolve(),))
+            loop = chain[chain.index(parent_path.resolve()):] + (parent_path.resolve(),)
+            cycle = " -> ".join(p.name for p in loop)
             raise SpecError(f"extends cycle: {cycle}", pos, source=text,
                             hint="a spec cannot extend itself, directly or through others")
         parent = _load(parent_path, chain)
@@ -248,6 +250,8 @@ def _check_values(spec: Spec, sources: Mapping[str, str]) -> None:
                 hyper["alpha"] = alphas["sgd" if ns.section == "all" else ns.section]
                 allowed += ("alpha",)
             monomial = to_monomial(value, make_lookup(allowed, f"network '{key}'", src), src)
+            if not math.isfinite(monomial.coef):
+                raise SpecError("value is too large for a float", value.pos, source=src)
             if key in ("alpha", "tau") and not monomial.is_const:
                 raise SpecError(f"network '{key}' must be a constant", ns.setting.pos, source=src,
                                 hint="it may use numbers and hyperparameters, not sizes")
@@ -258,7 +262,9 @@ def _check_values(spec: Spec, sources: Mapping[str, str]) -> None:
             src = source_of(setting.pos)
             expr = setting.value.scale if isinstance(setting.value, Init) else setting.value
             if isinstance(expr, Expr):
-                to_monomial(expr, make_lookup(tensor_names, "a tensor rule", src), src)
+                folded = to_monomial(expr, make_lookup(tensor_names, "a tensor rule", src), src)
+                if not math.isfinite(folded.coef):
+                    raise SpecError("value is too large for a float", expr.pos, source=src)
 
 
 def _try_read(path: str) -> str | None:
@@ -522,12 +528,15 @@ class _Reader:
         if kind in ("num", "var"):
             return self.leaf(node.children[0], pos=pos)
         args = tuple(self.expr(child) for child in node.children)
-        if kind == "div" and args[0].kind == "pow" and args[1].kind == "num":
-            exponent = args[0].args[1]
-            if not exponent.text.startswith("("):
-                raise self.error(f"ambiguous exponent in '{text}'", node,
-                                 hint=f"'^' binds tighter than '/': write {args[0].args[0].text}^({exponent.text}/"
-                                      f"{args[1].text}) for a fractional power, or ({args[0].text})/{args[1].text}")
+        if kind == "div" and args[1].kind == "num":
+            power = args[0]
+            while power.kind in ("mul", "div"):
+                power = power.args[1]
+            exponent = power.args[1] if power.kind == "pow" else None
+            if exponent is not None and not exponent.text.startswith("("):
+                raise self.error(f"ambiguous exponent in '{power.text}/{args[1].text}'", power.pos,
+                                 hint=f"'^' binds tighter than '/': write {power.args[0].text}^({exponent.text}/"
+                                      f"{args[1].text}) for a fractional power, or ({power.text})/{args[1].text}")
         return Expr(kind=kind, pos=pos, text=text, args=args)
 
     def leaf(self, token: Token, pos: SourcePos | None = None) -> Expr:

@@ -74,7 +74,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
     if isinstance(exc, UnexpectedToken):
         token = exc.token
         if token.type == "$END":
-            pos = SourcePos(path, line, col)
+            lines = text.splitlines() or [""]
+            pos = SourcePos(path, len(lines), len(lines[-1]) + 1)
             return SpecError("unexpected end of file", pos, source=text,
                              hint=_expected(exc.expected) or "a '}' may be missing")
         shown = str(token)

@@ -1,0 +1,113 @@
+"""Every bad spec gets the project's own error: message, line and column, caret, hint — never a traceback."""
+
+import pytest
+
+from mupdsl.spec import SpecError, load_spec
+
+OK_HEAD = "hyper eta0 = 0.1\n"
+
+# (source, expected message fragment, line, column, hint fragment or None)
+CASES = [
+    ("hidden { lr = eta0 * }", "unexpected '}'", 1, 22, "expected"),
+    ("hidden { lr = eta0 ", "unexpected end of file", 1, 20, None),
+    ("hidden { lr = eta0 $ }", "unexpected character '$'", 1, 20, None),
+    (OK_HEAD + "hiden { lr = eta0 }", "unknown role 'hiden'", 2, 1, "did you mean 'hidden'"),
+    (OK_HEAD + "hidden { lrr = eta0 }", "unknown tensor setting 'lrr'", 2, 10, "did you mean 'lr'"),
+    (OK_HEAD + "hidden { lr = eta }", "unknown name 'eta'", 2, 15, "did you mean 'eta0'"),
+    (OK_HEAD + "hidden { lr = eta0 * widht }", "unknown name 'widht'", 2, 22, "did you mean 'width'"),
+    (OK_HEAD + "hidden { lr = eta0 / 0 }", "division by zero", 2, 22, None),
+    (OK_HEAD + "hidden { lr = eta0 * width^(1/0) }", "division by zero", 2, 31, None),
+    (OK_HEAD + "hidden { lr = eta0 * 0^-1 }", "zero raised to a negative power", 2, 22, None),
+    (OK_HEAD + 'hidden "blocks.*.attn[.q" { lr = eta0 }', "unclosed '['", 2, 8, None),
+    (OK_HEAD + 'hidden "blocks. x" { lr = eta0 }', "bad character ' ' in name glob", 2, 16, None),
+    (OK_HEAD + 'hidden "" { lr = eta0 }', "empty name glob", 2, 8, None),
+    (OK_HEAD + 'hidden "blocks..q" { lr = eta0 }', "empty name part", 2, 8, None),
+    (OK_HEAD + "hidden { lr = eta0 }\nhidden { mult = 1 }", "duplicate rule 'hidden'", 3, 1, "merge"),
+    (OK_HEAD + "adam { hidden { lr = eta0 } }\nadam { hidden { mult = 1 } }", "duplicate rule 'hidden' in section 'adam'", 3, 8, None),
+    (OK_HEAD + "hidden { lr = eta0; lr = 1 }", "'lr' is set twice", 2, 21, None),
+    (OK_HEAD + "hyper eta0 = 1", "declared twice", 2, 7, None),
+    (OK_HEAD + "set gamma0 = 1", "undeclared hyperparameter 'gamma0'", 2, 5, None),
+    (OK_HEAD + "set eta = 1", "undeclared hyperparameter 'eta'", 2, 5, "did you mean 'eta0'"),
+    ("extends nonexistent_preset\n", "cannot find spec 'nonexistent_preset'", 1, 9, None),
+    ("extends mpu\n", "cannot find spec 'mpu'", 1, 9, "did you mean 'mup'"),
+    ("extends sp\nhyper eta0 = 1", "already declared by the spec this one extends", 2, 7, "set eta0"),
+    (OK_HEAD + "hidden { init = norml(std = 1) }", "unknown init 'norml'", 2, 17, "did you mean 'normal'"),
+    (OK_HEAD + "hidden { init = normal(sd = 1) }", "normal() takes 'std', not 'sd'", 2, 24, None),
+    (OK_HEAD + "hidden { init = eta0 }", "not an init form", 2, 17, None),
+    (OK_HEAD + "hidden { lr = normal(std = 1) }", "'lr' takes an expression", 2, 15, None),
+    (OK_HEAD + "network { gama = 1 }", "unknown network setting 'gama'", 2, 11, "did you mean 'gamma'"),
+    (OK_HEAD + "network { gamma = fan_in }", "'fan_in' is a per-tensor size", 2, 19, None),
+    (OK_HEAD + "network { alpha = depth }", "network 'alpha' must be a constant", 2, 11, None),
+    (OK_HEAD + "network { center = 1 }", "expected true or false", 2, 20, None),
+    (OK_HEAD + "sgd { lr = eta0 }", "cannot stand directly in section 'sgd'", 2, 7, None),
+    (OK_HEAD + "sgd { adam { hidden { lr = eta0 } } }", "section 'adam' cannot be nested", 2, 7, None),
+    (OK_HEAD + "hidden { input { lr = eta0 } }", "rules cannot be nested", 2, 10, None),
+    (OK_HEAD + "hidden { lr = eta0 * fan_in^-1/2 }", "ambiguous exponent", 2, 22, "fan_in^(-1/2)"),
+    (OK_HEAD + "hidden { lr = eta0 + 1 }", "unexpected '+'", 2, 20, None),
+    (OK_HEAD + "hidden { }", "empty rule", 2, 1, None),
+    (OK_HEAD + "hidden { lr = (-1)^(1/2) }", "negative number raised to the power 1/2", 2, 15, None),
+    (OK_HEAD + 'hidden { lr = "x" }', "unexpected glob", 2, 15, None),
+    (OK_HEAD + "hyper width = 3", "reserved name", 2, 7, None),
+    (OK_HEAD + "residual input hidden { lr = eta0 }", "unexpected name 'hidden'", 2, 16, None),
+    ("spec a\nspec b", "named twice", 2, 1, None),
+    (OK_HEAD + "hidden { lr = eta0 * width^depth }", "depends on the model's size", 2, 28, None),
+]
+
+
+@pytest.mark.parametrize("source,fragment,line,col,hint", CASES, ids=[c[1][:40] for c in CASES])
+def test_error_location_and_message(tmp_path, source, fragment, line, col, hint):
+    path = tmp_path / "bad.param"
+    path.write_text(source)
+    with pytest.raises(SpecError) as info:
+        load_spec(str(path))
+    err = info.value
+    assert fragment in err.message, err.render()
+    assert (err.pos.line, err.pos.col) == (line, col), err.render()
+    assert err.pos.path.endswith("bad.param")
+    rendered = err.render()
+    assert rendered.startswith(f"{err.pos.path}:{line}:{col}: error: ")
+    assert "^" in rendered  # the caret under the culprit
+    if hint:
+        assert hint in rendered
+
+
+def test_extends_cycle(tmp_path):
+    (tmp_path / "a.param").write_text('extends "b.param"\n')
+    (tmp_path / "b.param").write_text('hyper eta0 = 1\nextends "a.param"\n')
+    (tmp_path / "c.param").write_text('extends "a.param"\n')
+    with pytest.raises(SpecError) as info:
+        load_spec(str(tmp_path / "c.param"))
+    assert "extends cycle" in info.value.message or "must come before" in info.value.message
+    (tmp_path / "b.param").write_text('extends "a.param"\nhyper eta0 = 1\n')
+    with pytest.raises(SpecError) as info:
+        load_spec(str(tmp_path / "c.param"))
+    assert "extends cycle: a.param -> b.param -> a.param" in info.value.message
+    assert (info.value.pos.line, info.value.pos.col) == (1, 9)
+
+
+def test_missing_file():
+    with pytest.raises(SpecError) as info:
+        load_spec("no/such/file.param")
+    assert "no such spec file" in info.value.message
+
+
+def test_override_of_undeclared_hyperparameter():
+    with pytest.raises(SpecError) as info:
+        load_spec("mup", {"eta": 0.1})
+    assert "'eta' is not a hyperparameter" in info.value.message
+    assert "did you mean 'eta0'" in info.value.render()
+    with pytest.raises(SpecError) as info:
+        load_spec("mup", {"eta0": "fast"})
+    assert "not a number" in info.value.message
+
+
+def test_override_applies():
+    assert float(load_spec("mup", eta0=0.5).hypers["eta0"].value) == 0.5
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "bin.param"
+    path.write_bytes(b"hyper eta0 = 1\n\xff\xfe")
+    with pytest.raises(SpecError) as info:
+        load_spec(str(path))
+    assert (info.value.pos.line, info.value.pos.col) == (2, 1)
