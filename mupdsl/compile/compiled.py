@@ -1,0 +1,167 @@
+"""``compile_model``: a spec onto a model factory, giving a :class:`CompiledModel` (design.md §7)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import tree_map
+
+from ..spec import Spec, SpecError, load_spec
+from .analyze import analyze
+from .errors import CompileError
+from .factory import ModelFactory, load_factory
+from .plan import Plan, build_plan
+from .rewrite import apply_plan, center, reinit
+from .trace import trace
+
+OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@dataclass
+class CompiledModel:
+    """The rewritten model (an ``fx.GraphModule`` with the user's parameter names), its plan, its optimizer."""
+
+    model: fx.GraphModule
+    plan: Plan
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: tensors with equal (lr, wd, eps) share a group; ``names`` lists them."""
+        groups: dict[tuple, dict[str, Any]] = {}
+        for t in self.plan.tensors:
+            key = (t.lr, t.wd, t.eps)
+            if key not in groups:
+                group: dict[str, Any] = {"params": [], "names": [], "lr": t.lr, "weight_decay": t.wd or 0.0}
+                if self.plan.optimizer != "sgd" and t.eps is not None:
+                    group["eps"] = t.eps
+                groups[key] = group
+            groups[key]["params"].append(self.model.get_parameter(t.name))
+            groups[key]["names"].append(t.name)
+        return list(groups.values())
+
+    def optimizer(self, **kwargs) -> torch.optim.Optimizer:
+        """The plan's optimizer over :meth:`param_groups`; ``kwargs`` (momentum, betas, …) go to its constructor."""
+        groups = self.param_groups()
+        cls = OPTIMIZER_CLASSES[self.plan.optimizer]
+        return cls(groups, lr=groups[0]["lr"] if groups else 1e-3, **kwargs)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.pt`` (the state_dict) and ``plan.json`` beside it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), directory / "model.pt")
+        (directory / "plan.json").write_text(json.dumps(self.plan.model_dump(), indent=1))
+        return directory
+
+
+def _inputs(batch) -> tuple | None:
+    if batch is None:
+        return None
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def _keep_std(model: nn.Module, name: str) -> float | None:
+    """Std of a tensor's default init: measured when it exists, from PyTorch's rules on the meta device."""
+    p = model.get_parameter(name)
+    if p.device.type != "meta":
+        return float(p.detach().float().std()) if p.numel() > 1 else 0.0
+    owner_name, _, local = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    if isinstance(owner, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        w = owner.weight
+        fan_in = w.shape[1] * math.prod(w.shape[2:])
+        return 1.0 / math.sqrt(3.0 * fan_in)  # kaiming_uniform(a=√5) and the bias's U(±1/√fan_in)
+    if isinstance(owner, nn.Embedding):
+        return 1.0
+    if isinstance(owner, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)):
+        return 0.0
+    return None
+
+
+def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module] | ModelFactory, *, width: int,
+                  base_width: int | None = None, depth: int | None = None, base_depth: int | None = None,
+                  optimizer: str = "sgd", overrides: Mapping[str, Any] | None = None, seed: int = 0,
+                  device: str | torch.device | None = None) -> CompiledModel:
+    """Compile ``spec`` onto the model built by ``model`` at ``width`` (and ``depth``).
+
+    ``base_width`` (default: ``width``) and ``base_depth`` (default: ``depth``) name the base model of the
+    ratio rules (``width_mult = width / base_width``). ``seed`` seeds construction and re-initialisation.
+    ``device="meta"`` builds a plan without allocating weights.
+    """
+    if optimizer not in OPTIMIZER_CLASSES:
+        raise CompileError(f"unknown optimizer {optimizer!r}", hint="choose sgd, adam or adamw")
+    if not isinstance(spec, Spec):
+        try:
+            spec = load_spec(spec, overrides)
+        except SpecError as exc:
+            raise CompileError(exc.render()) from None
+    factory = model if isinstance(model, ModelFactory) else load_factory(model)
+    depth = depth if depth is not None else factory.default_depth
+    base_width = base_width or width
+    base_depth = base_depth if base_depth is not None else depth
+    if width <= 0 or base_width <= 0:
+        raise CompileError(f"widths must be positive (width {width}, base width {base_width})")
+
+    torch.manual_seed(seed)
+    with torch.device(device) if device is not None else _nullcontext():
+        net = factory.build(width, depth)
+    batch = _inputs(factory.example_batch(2))
+    if batch is not None and device is not None:
+        batch = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
+    traced = trace(net, batch)
+    with torch.device("meta"):
+        base = factory.build(base_width, base_depth)
+        probe = factory.build(2 * base_width, base_depth)
+    base_graph, base_batch = None, None
+    if batch is not None:
+        base_batch = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch)
+        try:
+            base_graph = trace(base, base_batch).graph_module
+        except CompileError:
+            base_graph = None
+    analysis = analyze(traced.graph_module, base, probe, traced.leaves, batch, base_batch, base_graph)
+    analysis.notes.extend(traced.notes)
+    if base_width == width and spec.name not in ("sp",):
+        analysis.notes.append(f"base width = width = {width}: ratio rules (µP presets) reduce to SP here")
+    keep = {name: _keep_std(traced.graph_module, name) for name in analysis.tensors}
+    plan = build_plan(spec, analysis, optimizer, model=str(factory.source), frontend=traced.frontend,
+                      width=width, base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,
+                      keep_stds=keep)
+    generator = None
+    if device is None or torch.device(device).type != "meta":
+        first = next(iter(traced.graph_module.parameters()), None)
+        generator = torch.Generator(device=first.device if first is not None else "cpu").manual_seed(seed)
+    reinit(traced.graph_module, plan, generator)
+    gm = apply_plan(traced.graph_module, plan)
+    if plan.network.center:
+        gm = center(gm)
+    return CompiledModel(gm, plan)
+
+
+def load_compiled(directory: str | Path, map_location: str | None = "cpu") -> CompiledModel:
+    """Rebuild a compiled model from ``plan.json`` and load ``model.pt`` saved by :meth:`CompiledModel.save`."""
+    directory = Path(directory)
+    plan = Plan.model_validate_json((directory / "plan.json").read_text())
+    compiled = compile_model(plan.spec, plan.model, width=plan.network.width, base_width=plan.network.base_width,
+                             depth=plan.network.depth, base_depth=plan.network.base_depth,
+                             optimizer=plan.optimizer, overrides=plan.hypers)
+    state = torch.load(directory / "model.pt", map_location=map_location)
+    compiled.model.load_state_dict(state)
+    return compiled
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

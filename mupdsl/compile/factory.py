@@ -1,0 +1,118 @@
+"""Model files: ``MODEL.py`` with ``build(width, depth=…)`` (and optionally ``example_batch(batch_size)``),
+``MODEL.py:Name`` for a class or factory taking ``width`` (and ``depth``), or ``package.module:name``
+(``mupdsl.models:mlp`` names the reference MLP's module)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from torch import nn
+
+from .errors import CompileError
+
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """Builds the model at a width (and depth); knows its example batch when the file gives one."""
+
+    source: str
+    builder: Callable[..., nn.Module]
+    takes_depth: bool
+    default_depth: int | None
+    example: Callable[[int], Any] | None
+
+    def build(self, width: int, depth: int | None = None) -> nn.Module:
+        try:
+            model = self.builder(width, depth) if self.takes_depth and depth is not None else self.builder(width)
+        except CompileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's factory can fail in any way
+            raise CompileError(f"{self.source}: building the model at width {width}"
+                               f"{f', depth {depth}' if depth is not None else ''} failed: "
+                               f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise CompileError(f"{self.source}: build() returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    def example_batch(self, batch_size: int):
+        if self.example is None:
+            return None
+        try:
+            return self.example(batch_size)
+        except Exception as exc:  # noqa: BLE001
+            raise CompileError(f"{self.source}: example_batch({batch_size}) failed: {type(exc).__name__}: {exc}") from None
+
+
+def _import_path(path: Path) -> ModuleType:
+    name = f"mupdsl_model_{abs(hash(str(path.resolve())))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CompileError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001
+        del sys.modules[name]
+        raise CompileError(f"{path}: importing the model file failed: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def load_factory(target: str | Callable[..., nn.Module]) -> ModelFactory:
+    """Resolve ``path.py``, ``path.py:Name``, ``package.module`` or ``package.module:name`` to a factory."""
+    if callable(target) and not isinstance(target, str):
+        return _from_callable(getattr(target, "__name__", "model"), target, None)
+    text = str(target)
+    base, _, attr = text.partition(":") if not (len(text) > 1 and text[1] == ":" and text[2:3] in "\\/") else (text, "", "")
+    if base.endswith(".py") or "/" in base:
+        path = Path(base)
+        if not path.is_file():
+            raise CompileError(f"no such model file: {base}", hint="give a path to a .py file defining build(width, depth)")
+        module = _import_path(path)
+    else:
+        try:
+            module = importlib.import_module(base)
+        except ImportError as exc:
+            raise CompileError(f"cannot import model module {base!r}: {exc}") from None
+    obj: Any = module
+    if attr:
+        if not hasattr(module, attr):
+            names = [n for n in dir(module) if not n.startswith("_")]
+            raise CompileError(f"{base} has no {attr!r}", hint=f"it defines: {', '.join(names[:20])}")
+        obj = getattr(module, attr)
+    if isinstance(obj, ModuleType):
+        if not hasattr(obj, "build"):
+            raise CompileError(f"{text}: the model file defines no build(width, depth) function",
+                               hint="add `def build(width: int, depth: int = 2) -> nn.Module`, or name a class "
+                                    "with MODEL.py:ClassName")
+        return _from_callable(text, obj.build, getattr(obj, "example_batch", None))
+    if callable(obj):
+        return _from_callable(text, obj, getattr(module, "example_batch", None))
+    raise CompileError(f"{text} is not a class, function or module")
+
+
+def _from_callable(source: str, fn: Callable[..., nn.Module], example) -> ModelFactory:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [p.name for p in positional]
+    if not positional or (names[0] not in ("width", "n", "d_model", "hidden") and "width" not in names):
+        raise CompileError(f"{source}: {getattr(fn, '__name__', 'build')}{inspect.signature(fn) if params else '()'} "
+                           "does not take a width as its first argument",
+                           hint="the factory must be build(width: int, depth: int = …) -> nn.Module")
+    takes_depth = len(positional) >= 2
+    default_depth = positional[1].default if takes_depth and positional[1].default is not inspect._empty else None
+    if takes_depth and default_depth is None:
+        default_depth = None
+    return ModelFactory(source, fn, takes_depth, default_depth, example)

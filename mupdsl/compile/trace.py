@@ -1,0 +1,130 @@
+"""Getting a graph of a user's model: ``torch.fx`` first, untraceable submodules as leaves, ``torch.export``
+as the fallback front end (HF GPT-2/Llama: ``co_varnames is too small`` under fx, design.md §3).
+
+After tracing, known parametrized modules (Linear, Conv, Embedding, LayerNorm, GroupNorm, RMSNorm) become
+functional calls on ``get_attr`` nodes, so that every parameter use is visible in the graph and a multiplier
+can be put on exactly the weight. Parameter names are unchanged: ``get_attr`` targets are the model's own.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from .errors import CompileError
+
+
+@dataclass
+class Traced:
+    graph_module: fx.GraphModule
+    frontend: str                                   # "fx" or "export"
+    leaves: list[str] = field(default_factory=list)  # untraceable submodules kept as calls
+    notes: list[str] = field(default_factory=list)
+
+
+class _LeafTracer(fx.Tracer):
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _failing_module(tb) -> str | None:
+    """The innermost submodule being traced when fx failed (from fx's ``call_module`` frames)."""
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "call_module" and "module_qualified_name" in frame.f_locals:
+            found = frame.f_locals["module_qualified_name"]
+        tb = tb.tb_next
+    return found
+
+
+def trace(model: nn.Module, example_inputs: tuple | None = None, max_leaves: int = 64) -> Traced:
+    """Trace ``model``; submodules fx cannot trace become leaves (listed), else fall back to torch.export."""
+    leaves: set[str] = set()
+    error: BaseException | None = None
+    for _ in range(max_leaves + 1):
+        try:
+            graph = _LeafTracer(leaves).trace(model)
+            gm = fx.GraphModule(model, graph, model.__class__.__name__)
+            _normalize(gm)
+            return Traced(gm, "fx", sorted(leaves))
+        except Exception as exc:  # noqa: BLE001 - any tracing failure decides the next step
+            error = exc
+            culprit = _failing_module(sys.exc_info()[2])
+            if not culprit or culprit in leaves:
+                break
+            leaves.add(culprit)
+    if example_inputs is not None:
+        try:
+            ep = torch.export.export(model, tuple(example_inputs), strict=False)
+            gm = ep.module()
+            return Traced(gm, "export", [], [f"torch.fx could not trace the model ({_short(error)}); "
+                                            "used torch.export"])
+        except Exception as exc:  # noqa: BLE001
+            raise CompileError(f"cannot trace the model: torch.fx failed ({_short(error)}) and torch.export "
+                               f"failed ({_short(exc)})",
+                               hint="make the failing submodule traceable, or report the model") from None
+    where = _failing_module(error.__traceback__) if error else None
+    raise CompileError(f"cannot trace the model{f' in submodule {where!r}' if where else ''}: {_short(error)}",
+                       hint="give the model file an example_batch(batch_size) so torch.export can be tried")
+
+
+def _short(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Known modules -> functional calls on get_attr nodes
+
+
+def _functional(module: nn.Module):
+    """(function, builder of (args, kwargs) from the input and the param get_attr nodes) or None."""
+    if type(module) is nn.Linear:
+        return F.linear, lambda x, p: ((x, p["weight"], p.get("bias")), {})
+    if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.padding_mode == "zeros":
+        fn = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[type(module)]
+        return fn, lambda x, p: ((x, p["weight"], p.get("bias"), module.stride, module.padding, module.dilation,
+                                  module.groups), {})
+    if type(module) is nn.Embedding and not module.sparse:
+        return F.embedding, lambda x, p: ((x, p["weight"], module.padding_idx, module.max_norm, module.norm_type,
+                                           module.scale_grad_by_freq, module.sparse), {})
+    if type(module) is nn.LayerNorm:
+        return F.layer_norm, lambda x, p: ((x, module.normalized_shape, p.get("weight"), p.get("bias"), module.eps), {})
+    if type(module) is nn.GroupNorm:
+        return F.group_norm, lambda x, p: ((x, module.num_groups, p.get("weight"), p.get("bias"), module.eps), {})
+    if hasattr(nn, "RMSNorm") and type(module) is nn.RMSNorm and hasattr(F, "rms_norm"):
+        return F.rms_norm, lambda x, p: ((x, module.normalized_shape, p.get("weight"), module.eps), {})
+    return None
+
+
+def _normalize(gm: fx.GraphModule) -> None:
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        module = gm.get_submodule(node.target)
+        spec = _functional(module)
+        if spec is None:
+            continue
+        fn, build = spec
+        with graph.inserting_before(node):
+            params = {name: graph.get_attr(f"{node.target}.{name}")
+                      for name, value in module.named_parameters(recurse=False) if value is not None}
+            args, kwargs = build(node.args[0], params)
+            new = graph.call_function(fn, args, kwargs)
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
