@@ -194,5 +194,86 @@ def _print_explanation(e: Explanation) -> None:
                  else "equivalent to no other preset") + "\n")
 
 
+def _compile_error(exc) -> BadInput:
+    return BadInput(exc.render())
+
+
+def _fmt_num(value: float | None) -> str:
+    if value is None:
+        return "default"
+    return f"{value:.4g}"
+
+
+@main.command("compile")
+@click.argument("spec")
+@click.argument("model")
+@click.option("--width", type=int, required=True, help="Width of the model to compile.")
+@click.option("--base-width", type=int, default=None, help="Width of the base model (default: --width).")
+@click.option("--depth", type=int, default=None, help="Depth passed to build() (default: build's default).")
+@click.option("--base-depth", type=int, default=None, help="Depth of the base model (default: --depth).")
+@click.option("--optimizer", "-o", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a hyperparameter.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--meta", is_flag=True, help="Plan only: build the model on the meta device (no weights).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON to this file.")
+@click.option("--emit-code", type=click.Path(dir_okay=False), default=None,
+              help="Write the rewritten forward() as Python source.")
+def compile_cmd(spec, model, width, base_width, depth, base_depth, optimizer, sets, seed, meta, as_json, out,
+                emit_code) -> None:
+    """Compile SPEC onto MODEL (model.py, model.py:Name or package.module[:name]) and show the plan."""
+    from .compile import CompileError, compile_model  # noqa: PLC0415 - torch only when compiling
+
+    loaded = _load(spec, _parse_sets(sets))
+    start = time.perf_counter()
+    try:
+        compiled = compile_model(loaded, model, width=width, base_width=base_width, depth=depth,
+                                 base_depth=base_depth, optimizer=optimizer, seed=seed,
+                                 device="meta" if meta else None)
+    except CompileError as exc:
+        raise _compile_error(exc) from None
+    elapsed = time.perf_counter() - start
+    plan = compiled.plan
+    doc = plan.to_json_dict()
+    if out:
+        Path(out).write_text(json.dumps(doc, indent=1))
+    if emit_code:
+        header = (f"# forward() of {plan.model} compiled with {plan.spec} ({plan.optimizer}), width {width}, "
+                  f"base width {plan.network.base_width}, by mupdsl\n")
+        Path(emit_code).write_text(header + compiled.model.code)
+    for warning in plan.warnings:
+        err().print(f"[yellow]warning:[/] {warning}")
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    _print_plan(plan, elapsed)
+
+
+def _print_plan(plan, elapsed: float) -> None:
+    net = plan.network
+    title = (f"{plan.spec_name} on {plan.model} — {plan.optimizer}, width {net.width} (base {net.base_width}), "
+             f"depth {net.depth} (base {net.base_depth}), traced with {plan.frontend} in {elapsed:.2f} s")
+    table = Table(title=title, title_justify="left")
+    for col in ("tensor", "shape", "role", "scaling", "init", "init std", "mult", "lr", "wd", "eps", "rule"):
+        table.add_column(col, overflow="fold")
+    for t in plan.tensors:
+        role = t.role + (" (res)" if t.residual else "") + (f" = {', '.join(t.tied_to)}" if t.tied_to else "")
+        mult = _fmt_num(t.mult) + ("".join(f" / {_fmt_num(m)} as readout" for n, m in t.use_mults.items()
+                                           if m != t.mult))
+        table.add_row(t.name, "×".join(map(str, t.shape)), role, ",".join(map(str, t.scaling_dims)) or "-",
+                      t.init, _fmt_num(t.init_std), mult, _fmt_num(t.lr), _fmt_num(t.wd), _fmt_num(t.eps), t.rule)
+    out().print(table)
+    out().print(f"  network: gamma = {net.gamma:.4g}, tau = {net.tau:g}, alpha = {net.alpha:g}, "
+                f"branch = {net.branch:.4g}, attention = {_fmt_num(net.attention_scale)}, center = {net.center}")
+    for b in plan.residual_blocks:
+        out().print(f"  residual block at {b.node}: skip {b.skip}, branch {b.branch}, k = {b.k}, {len(b.params)} tensors")
+    for a in plan.attention:
+        out().print(f"  attention at {a.node} ({a.kind}): d_head {a.d_head} (base {a.base_d_head}), "
+                    f"scale {_fmt_num(a.scale)}")
+    out().print(f"  readout: {', '.join(plan.readouts) or 'none found'}")
+    if plan.leaves:
+        out().print(f"  untraceable submodules kept whole (module-level multipliers): {', '.join(plan.leaves)}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
