@@ -118,9 +118,9 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
     if batch is not None and device is not None:
         batch = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
     traced = trace(net, batch)
-    with torch.device("meta"):
-        base = factory.build(base_width, base_depth)
-        probe = factory.build(2 * base_width, base_depth)
+    with torch.device("meta"):  # width references at the model's own depth, so every name has a counterpart
+        base = factory.build(base_width, depth)
+        probe = factory.build(2 * base_width, depth)
     base_graph, base_batch = None, None
     if batch is not None:
         base_batch = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch)
@@ -133,7 +133,7 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
     if base_width == width and spec.name not in ("sp",):
         analysis.notes.append(f"base width = width = {width}: ratio rules (µP presets) reduce to SP here")
     keep = {name: _keep_std(traced.graph_module, name) for name in analysis.tensors}
-    plan = build_plan(spec, analysis, optimizer, model=str(factory.source), frontend=traced.frontend,
+    plan = build_plan(spec, analysis, optimizer, model=str(factory.source), frontend=traced.frontend, seed=seed,
                       width=width, base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,
                       keep_stds=keep)
     generator = None
@@ -153,7 +153,7 @@ def load_compiled(directory: str | Path, map_location: str | None = "cpu") -> Co
     plan = Plan.model_validate_json((directory / "plan.json").read_text())
     compiled = compile_model(plan.spec, plan.model, width=plan.network.width, base_width=plan.network.base_width,
                              depth=plan.network.depth, base_depth=plan.network.base_depth,
-                             optimizer=plan.optimizer, overrides=plan.hypers)
+                             optimizer=plan.optimizer, overrides=plan.hypers, seed=plan.seed)
     state = torch.load(directory / "model.pt", map_location=map_location)
     compiled.model.load_state_dict(state)
     return compiled

@@ -83,6 +83,7 @@ class Plan(BaseModel):
     model: str
     optimizer: str
     hypers: dict[str, float]
+    seed: int
     frontend: str
     tensors: list[TensorPlan]
     network: NetworkPlan
@@ -126,7 +127,7 @@ def _value(m: Monomial | None, sizes: dict[str, float], what: str, name: str) ->
     return value
 
 
-def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, frontend: str, width: int,
+def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, frontend: str, seed: int, width: int,
                base_width: int, depth: int, base_depth: int, keep_stds: dict[str, float | None]) -> Plan:
     net = network(spec, optimizer)
     d_head = analysis.attention[0].d_head if analysis.attention else 1
@@ -197,7 +198,7 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
         center=net.center, width=width, base_width=base_width, depth=depth, base_depth=base_depth)
     return Plan(
         spec=spec.path, spec_name=spec.name, model=model, optimizer=optimizer,
-        hypers={k: float(v) for k, v in spec.hyper_values().items()}, frontend=frontend, tensors=tensors,
+        hypers={k: float(v) for k, v in spec.hyper_values().items()}, seed=seed, frontend=frontend, tensors=tensors,
         network=network_plan,
         residual_blocks=[BlockPlan(node=b.node, skip=b.skip, branch=b.branch, params=b.params, k=b.k)
                          for b in analysis.blocks],

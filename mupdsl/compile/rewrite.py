@@ -114,6 +114,7 @@ def apply_plan(gm: fx.GraphModule, plan: Plan) -> fx.GraphModule:
 def center(gm: fx.GraphModule) -> fx.GraphModule:
     """f(x; θ) − f(x; θ₀): duplicate the graph on frozen copies of the parameters (seed 003 App. A)."""
     frozen = nn.Module()
+    gm.add_submodule(CENTER_MODULE, frozen)
     graph = gm.graph
     output = next(n for n in graph.nodes if n.op == "output")
     env: dict[fx.Node, fx.Node] = {}
@@ -128,7 +129,6 @@ def center(gm: fx.GraphModule) -> fx.GraphModule:
                 env[node] = graph.get_attr(f"{CENTER_MODULE}.{key}")
             else:
                 env[node] = graph.node_copy(node, lambda n: env.get(n, n))
-    gm.add_submodule(CENTER_MODULE, frozen)
 
     def subtract(value):
         if isinstance(value, fx.Node) and value in env:

@@ -27,7 +27,7 @@ class Traced:
 
 
 class _LeafTracer(fx.Tracer):
-    def __init__(self, leaves: set[str]) -> None:
+    def __init__(self, leaves: set[str] = frozenset()) -> None:  # a default: unpickling rebuilds it bare
         super().__init__()
         self.leaves = leaves
 
