@@ -275,5 +275,19 @@ def _print_plan(plan, elapsed: float) -> None:
         out().print(f"  untraceable submodules kept whole (module-level multipliers): {', '.join(plan.leaves)}")
 
 
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True,
+              help="Where the demo writes its results.")
+def demo(out_dir: str) -> None:
+    """Run the embedded demo: check and explain every preset, compile presets onto reference models."""
+    from .compile import CompileError  # noqa: PLC0415
+    from .demo import run  # noqa: PLC0415
+
+    try:
+        run(out_dir, say=lambda line: err().print(line))
+    except (SpecError, CompileError) as exc:
+        raise BadInput(exc.render()) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
