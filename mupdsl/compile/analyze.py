@@ -344,8 +344,13 @@ def _attention(gm: fx.GraphModule, example_inputs: tuple | None, base_graph: fx.
     _ensure_shapes(gm, example_inputs)
     base_dims: list[int | None] = []
     if base_graph is not None:
-        _ensure_shapes(base_graph, base_inputs)
-        base_dims = [(_shape(q) or (None,))[-1] for _, _, q in _attention_nodes(base_graph)]
+        try:
+            _ensure_shapes(base_graph, base_inputs)
+            base_dims = [(_shape(q) or (None,))[-1] for _, _, q in _attention_nodes(base_graph)]
+        except Exception as exc:  # noqa: BLE001
+            raise CompileError(f"cannot run the base-width model to read its head dimension: {exc}".split("\n")[0],
+                               hint="check that the base width is valid for the model (e.g. divisible by the "
+                                    "number of heads)") from None
     out = []
     for i, (node, kind, q) in enumerate(sites):
         shape = _shape(q)
@@ -361,7 +366,11 @@ def _attention(gm: fx.GraphModule, example_inputs: tuple | None, base_graph: fx.
 def _ensure_shapes(gm: fx.GraphModule, inputs: tuple | None) -> None:
     if all(_shape(n) is not None for n in gm.graph.nodes if n.op == "placeholder") or inputs is None:
         return
-    from torch.fx.passes.shape_prop import ShapeProp
+    from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC0415
+    from torch.fx.passes.shape_prop import ShapeProp  # noqa: PLC0415
 
     with torch.no_grad():
-        ShapeProp(gm).propagate(*inputs)
+        try:  # shapes without arithmetic: fake tensors cost nothing even at GPT-2 sizes
+            ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
+        except Exception:  # noqa: BLE001 - an op without a fake kernel: run it for real
+            ShapeProp(gm).propagate(*inputs)

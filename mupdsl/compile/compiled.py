@@ -128,7 +128,13 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
             base_graph = trace(base, base_batch).graph_module
         except CompileError:
             base_graph = None
-    analysis = analyze(traced.graph_module, base, probe, traced.leaves, batch, base_batch, base_graph)
+    try:
+        analysis = analyze(traced.graph_module, base, probe, traced.leaves, batch, base_batch, base_graph)
+    except CompileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - never a traceback for a model we cannot analyse
+        raise CompileError(f"analysing the traced model failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                           hint="report the model; meanwhile mark the failing submodule as a leaf") from None
     analysis.notes.extend(traced.notes)
     if base_width == width and spec.name not in ("sp",):
         analysis.notes.append(f"base width = width = {width}: ratio rules (µP presets) reduce to SP here")
