@@ -15,11 +15,19 @@ want="$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
-echo "[bootstrap] installing mupdsl and its dependencies into .venv (first run: a few minutes)" >&2
-.venv/bin/python -m pip install -q --upgrade pip >&2
+echo "[bootstrap] installing mupdsl and its dependencies into .venv (first run: a few minutes; log: .venv/bootstrap.log)" >&2
+log=.venv/bootstrap.log
+install() {
+    if ! .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "[bootstrap] pip install $* failed; full log in $log" >&2
+        exit 1
+    fi
+}
+install --upgrade pip
 # torch is not pinned in the package metadata; where a local wheel store caps the version, pip picks it.
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
-    .venv/bin/python -m pip install -q torch torchvision >&2
+    install torch torchvision
 fi
-.venv/bin/python -m pip install -q -e ".[dev]" >&2
+install -e ".[dev]"
 echo "$want" > "$stamp"

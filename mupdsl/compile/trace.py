@@ -64,7 +64,8 @@ def trace(model: nn.Module, example_inputs: tuple | None = None, max_leaves: int
             leaves.add(culprit)
     if example_inputs is not None:
         try:
-            ep = torch.export.export(model, tuple(example_inputs), strict=False)
+            ep = torch.export.export(model, tuple(example_inputs), strict=False,
+                                     dynamic_shapes=_dynamic_shapes(example_inputs))
             gm = ep.module()
             return Traced(gm, "export", [], [f"torch.fx could not trace the model ({_short(error)}); "
                                             "used torch.export"])
@@ -75,6 +76,14 @@ def trace(model: nn.Module, example_inputs: tuple | None = None, max_leaves: int
     where = _failing_module(error.__traceback__) if error else None
     raise CompileError(f"cannot trace the model{f' in submodule {where!r}' if where else ''}: {_short(error)}",
                        hint="give the model file an example_batch(batch_size) so torch.export can be tried")
+
+
+def _dynamic_shapes(example_inputs: tuple):
+    """Every dimension of every tensor input free (batch and sequence length), where torch has Dim.AUTO."""
+    auto = getattr(torch.export.Dim, "AUTO", None)
+    if auto is None:
+        return None
+    return tuple({i: auto for i in range(t.ndim)} if isinstance(t, torch.Tensor) else None for t in example_inputs)
 
 
 def _short(exc: BaseException | None) -> str:

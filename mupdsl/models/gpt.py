@@ -69,6 +69,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, context, pre_ln) for _ in range(depth))
         self.ln_f = nn.LayerNorm(width) if pre_ln else nn.Identity()
         self.head = nn.Linear(width, vocab, bias=False)
+        for table in (self.tok, self.pos):   # GPT-2's embedding init, N(0, 0.02²): width-independent
+            nn.init.normal_(table.weight, std=0.02)
         if tied:
             self.head.weight = self.tok.weight
 

@@ -1,0 +1,246 @@
+"""Coordinate check with a verdict (TP5 App. B / design.md §4).
+
+For each width and seed: compile the spec, train ``steps`` steps on one fixed batch, and record for every
+module call (each matrix-like weight op, each residual sum, the output; a weight used twice is two entries) the
+RMS and mean |x| of its output and of the change since step 0. Per entry and step, the slope of log(value)
+against log(width) is fitted. PASS when, for every entry and every step t ≥ 1, the change since init has slope
+≈ 0 and no activation grows with width; a readout whose *initial* output shrinks with width is µP's
+(logits Θ(1/√n) at init) and is reported, not failed. FAIL names the entries and steps that explode
+(slope > 0, the SP symptom, at any step) or whose updates vanish (slope < 0, the NTK symptom) and still vanish at
+the last step — an update that is o(1) at t = 1 and Θ(1) later is µP's lag (attention queries and keys with
+non-zero init, whose gradient is uncorrelated at init) and is reported, not failed.
+
+"≈ 0" means |slope| ≤ ``tolerance``, or within 3 standard errors of 0 across seeds, or a trend that does not
+persist at the wide end (the slope over the widest three widths is within the tolerance): the verdict is about
+the exponent, not about finite-width transients. The default tolerance, 0.25, was chosen from measured slopes
+(docs/coordcheck.md): SP's and NTP's failing slopes are about ±0.5 and larger.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import fx
+
+from ..compile import CompiledModel, compile_model, load_factory
+from ..spec import Spec, load_spec
+from .losses import logits_of, task_loss
+
+DEFAULT_LR = {"sgd": 0.5, "adam": 0.01, "adamw": 0.01}
+"""Learning rates large enough that SP's blow-up shows within 4 steps on the reference models (measured, see
+docs/coordcheck.md); ``--set eta0=…`` overrides."""
+
+DEFAULT_TOLERANCE = 0.25
+
+
+@dataclass
+class CoordResult:
+    verdict: str
+    spec: str
+    model: str
+    optimizer: str
+    eta0: float
+    widths: list[int]
+    steps: int
+    seeds: int
+    tolerance: float
+    records: list[dict[str, Any]]
+    slopes: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    reports: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("verdict", "spec", "model", "optimizer", "eta0", "widths", "steps",
+                                             "seeds", "tolerance", "failures", "reports", "slopes", "records")}
+
+    def plot(self, path: str | os.PathLike) -> None:
+        from .coord_plot import plot_coordcheck  # noqa: PLC0415 - matplotlib only when plotting
+
+        plot_coordcheck(self, path)
+
+
+class _Tap(fx.Interpreter):
+    """Runs the compiled graph and keeps (detached) the values of the tapped nodes."""
+
+    def __init__(self, gm: fx.GraphModule, keys: dict[str, str]) -> None:
+        super().__init__(gm)
+        self.keys = keys
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        key = self.keys.get(n.name)
+        if key is not None and isinstance(out, torch.Tensor):
+            self.values[key] = out.detach()
+        return out
+
+
+def tap_points(compiled: CompiledModel) -> dict[str, str]:
+    """Graph node -> entry name: matrix-like weight ops (named by their weight's module), residual sums."""
+    plan = compiled.plan
+    keys: dict[str, str] = {}
+    for t in plan.tensors:
+        if t.role not in ("input", "hidden", "output", "embedding") or t.module_level:
+            continue
+        owner = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
+        nodes = sorted(t.use_mults)
+        for i, node in enumerate(nodes):
+            keys[node] = owner if len(nodes) == 1 else f"{owner}@{i + 1}"
+    counts: dict[str, int] = {}
+    for block in plan.residual_blocks:
+        owners = [p.split(".")[:-1] for p in block.params]
+        prefix = ".".join(_leading(owners)) or block.node
+        counts[prefix] = counts.get(prefix, 0) + 1
+        keys[block.node] = f"{prefix} (residual sum {counts[prefix]})"
+    return keys
+
+
+def _leading(owners: list[list[str]]) -> list[str]:
+    """The dotted path all module owners share (component-wise)."""
+    out: list[str] = []
+    for parts in zip(*owners):
+        if len(set(parts)) != 1:
+            break
+        out.append(parts[0])
+    return out
+
+
+def _stats(value: torch.Tensor, start: torch.Tensor | None) -> dict[str, float]:
+    v = value.double()
+    out = {"rms": float(v.pow(2).mean().sqrt()), "abs_mean": float(v.abs().mean())}
+    if start is not None:
+        d = v - start.double()
+        out.update(delta_rms=float(d.pow(2).mean().sqrt()), delta_abs=float(d.abs().mean()))
+    return out
+
+
+def _batch(factory, data: str, batch_size: int):
+    if data == "mnist1d":
+        from ..data import mnist1d  # noqa: PLC0415
+
+        x, y, _, _ = mnist1d(num_samples=max(2 * batch_size, 1000))
+        return (x[:batch_size],), y[:batch_size]
+    batch = factory.example_batch(batch_size)
+    if batch is None:
+        raise ValueError("the model file has no example_batch(batch_size); pass --data mnist1d or add one")
+    inputs, targets = batch
+    return (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)), targets
+
+
+def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 128, 256, 512), steps: int = 4,
+               optimizer: str = "sgd", overrides: dict[str, Any] | None = None, seeds: int = 3,
+               batch_size: int = 32, data: str = "example", base_width: int | None = None, depth: int | None = None,
+               base_depth: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
+               progress: Callable[[str], None] | None = None) -> CoordResult:
+    """Run the coordinate check; see the module docstring for the verdict. ``eta0`` defaults to DEFAULT_LR."""
+    overrides = dict(overrides or {})
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    if "eta0" in spec.hypers and "eta0" not in overrides:
+        overrides["eta0"] = DEFAULT_LR[optimizer]
+    spec = load_spec(spec.path, overrides) if overrides else spec
+    eta0 = float(spec.hypers["eta0"].value) if "eta0" in spec.hypers else float("nan")
+    factory = load_factory(model)
+    widths = tuple(sorted(widths))
+    base_width = base_width or widths[0]
+    torch.manual_seed(1234)
+    inputs, targets = _batch(factory, data, batch_size)
+    records: list[dict[str, Any]] = []
+    for w in widths:
+        for seed in range(seeds):
+            if progress:
+                progress(f"coordcheck {spec.name}: width {w}, seed {seed}")
+            compiled = compile_model(spec, factory, width=w, base_width=base_width, depth=depth,
+                                     base_depth=base_depth, optimizer=optimizer, seed=seed)
+            keys = tap_points(compiled)
+            opt = compiled.optimizer()
+            start: dict[str, torch.Tensor] = {}
+            for step in range(steps + 1):
+                tap = _Tap(compiled.model, keys)
+                out = tap.run(*inputs)
+                values = dict(tap.values)
+                values["output"] = logits_of(out).detach()
+                if step == 0:
+                    start = values
+                for key, value in values.items():
+                    if value.is_floating_point():
+                        records.append({"width": w, "seed": seed, "step": step, "key": key,
+                                        **_stats(value, start.get(key) if step else None)})
+                if step == steps:
+                    break
+                loss = task_loss(out, targets)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    slopes = fit_slopes(records, widths, seeds)
+    failures, reports = judge(slopes, tolerance, steps)
+    return CoordResult("FAIL" if failures else "PASS", spec.name, str(model), optimizer, eta0, list(widths), steps,
+                       seeds, tolerance, records, slopes, failures, reports)
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def fit_slopes(records: list[dict[str, Any]], widths: tuple[int, ...], seeds: int) -> list[dict[str, Any]]:
+    """Slope of log(value) vs log(width) per (key, step, quantity): of the seed-mean, with its standard error."""
+    table: dict[tuple, dict[int, dict[int, float]]] = {}
+    for r in records:
+        for quantity in ("rms", "delta_rms"):
+            if quantity in r:
+                table.setdefault((r["key"], r["step"], quantity), {}).setdefault(r["width"], {})[r["seed"]] = r[quantity]
+    x = np.log(np.asarray(widths, dtype=float))
+    out = []
+    for (key, step, quantity), by_width in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        if len(by_width) != len(widths):
+            continue
+        matrix = np.asarray([[by_width[w].get(s, np.nan) for s in range(seeds)] for w in widths])
+        if not np.all(np.isfinite(matrix)):
+            out.append({"key": key, "step": step, "quantity": quantity, "slope": math.inf, "tail_slope": math.inf,
+                        "stderr": 0.0, "diverged": True})
+            continue
+        if np.any(matrix <= 1e-30):
+            continue  # an exactly unchanged entry (frozen, or zero-initialised and not yet moved)
+        logs = np.log(matrix)
+        mean = np.log(matrix.mean(axis=1))
+        slope = _slope(x, mean)
+        tail = _slope(x[-3:], mean[-3:]) if len(widths) >= 4 else slope
+        per_seed = [_slope(x, logs[:, s]) for s in range(seeds)]
+        stderr = float(np.std(per_seed, ddof=1) / math.sqrt(seeds)) if seeds > 1 else 0.0
+        out.append({"key": key, "step": step, "quantity": quantity, "slope": slope, "tail_slope": tail,
+                    "stderr": stderr, "diverged": False})
+    return out
+
+
+def judge(slopes: list[dict[str, Any]], tolerance: float, steps: int) -> tuple[list[dict], list[str]]:
+    """Failures (explosions at any step; vanishing updates that still vanish at the last step) and reports."""
+    failures, reports = [], []
+    lagging: set[str] = set()
+    for s in slopes:
+        slope, step, quantity = s["slope"], s["step"], s["quantity"]
+        # A trend must hold over all widths and over the widest three: a slope that flattens towards the wide
+        # end is a finite-width transient (e.g. attention at the base width), not a wrong exponent.
+        significant = (abs(slope) > tolerance and abs(slope) > 3 * s["stderr"]
+                       and abs(s["tail_slope"]) > tolerance and np.sign(s["tail_slope"]) == np.sign(slope))
+        if s["diverged"]:
+            failures.append({**s, "symptom": "explode", "why": "non-finite values (diverged)"})
+        elif quantity == "rms" and slope > 0 and significant:
+            what = "activation grows with width" + (" at init" if step == 0 else "")
+            failures.append({**s, "symptom": "explode", "why": what})
+        elif quantity == "rms" and step == 0 and slope < -tolerance and s["key"] == "output":
+            reports.append(f"output at init shrinks with width (slope {slope:+.2f}): µP's Θ(1/√n) logits")
+        elif quantity == "delta_rms" and significant and slope > 0:
+            failures.append({**s, "symptom": "explode", "why": "update grows with width"})
+        elif quantity == "delta_rms" and significant and step == steps:
+            failures.append({**s, "symptom": "vanish", "why": "update vanishes with width"})
+        elif quantity == "delta_rms" and significant:
+            lagging.add(s["key"])
+    caught_up = sorted(lagging - {f["key"] for f in failures})
+    if caught_up:
+        reports.append("updates that vanish with width at first but not by the last step (µP's lag, e.g. "
+                       f"attention queries/keys, whose gradient needs a step of correlation): {', '.join(caught_up)}")
+    return failures, reports

@@ -1,0 +1,31 @@
+"""The task loss of a model's output: cross-entropy for integer targets, MSE for float targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The prediction tensor of a model output: a tensor, ``.logits`` (HuggingFace), or the first element."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out:
+        return logits_of(out[0])
+    raise TypeError(f"cannot find the prediction in a model output of type {type(out).__name__}")
+
+
+def task_loss(out: Any, targets: torch.Tensor, kind: str = "auto") -> torch.Tensor:
+    """Mean loss over the batch. ``kind``: "ce", "mse" or "auto" (ce for integer targets)."""
+    pred = logits_of(out)
+    if kind == "auto":
+        kind = "mse" if targets.is_floating_point() else "ce"
+    if kind == "ce":
+        return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), targets.reshape(-1))
+    return F.mse_loss(pred.reshape(targets.shape) if pred.numel() == targets.numel() else pred, targets)
