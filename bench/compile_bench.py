@@ -44,7 +44,8 @@ class HandMuP(torch.nn.Module):
         self.net = mlp.MLP(width, depth)
         self.m = width / base_width
         with torch.no_grad():
-            self.net.readout.weight.mul_(math.sqrt(self.m))
+            for p in [self.net.readout.weight, self.net.readout.bias] + [l.bias for l in self.net.hidden]:
+                p.mul_(math.sqrt(self.m))
 
     def forward(self, x):
         h = torch.relu(self.net.input(x))

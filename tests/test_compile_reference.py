@@ -42,7 +42,8 @@ def train(forward, params_groups, opt_name, steps=5, x_y=None):
 
 
 class HandMuP(nn.Module):
-    """µP by TP5 Table 8 / microsoft/mup, written out: readout init × sqrt(m), forward W/m; per-layer LRs."""
+    """µP by TP5 Table 8, written out: PyTorch's default init with the readout weight and every bias whose layer
+    fan-in scales multiplied by sqrt(m) (Θ(1) init: the base width's std), forward W_out/m; per-layer LRs."""
 
     def __init__(self, width, base_width, depth, seed):
         super().__init__()
@@ -50,7 +51,8 @@ class HandMuP(nn.Module):
         self.net = mlp.MLP(width, depth)   # PyTorch default init, as the spec's `keep`
         self.m = width / base_width
         with torch.no_grad():
-            self.net.readout.weight.mul_(math.sqrt(self.m))
+            for p in [self.net.readout.weight, self.net.readout.bias] + [l.bias for l in self.net.hidden]:
+                p.mul_(math.sqrt(self.m))
 
     def forward(self, x):
         h = torch.relu(self.net.input(x))
@@ -77,7 +79,7 @@ def test_mup_equals_hand_written(opt):
                              overrides={"eta0": eta0, "eps0": 0.0} if opt == "adam" else {"eta0": eta0}, seed=3)
     hand = HandMuP(128, 32, 2, seed=3)
     for name, p in hand.net.named_parameters():
-        assert torch.equal(p, compiled.model.get_parameter(name)), name
+        assert torch.allclose(p, compiled.model.get_parameter(name), rtol=1e-14, atol=0), name
     opt_groups = compiled.param_groups()
     if opt == "adam":
         for g in opt_groups:
@@ -221,7 +223,7 @@ def test_depth_mup_k1_equals_hand_written(opt):
                              optimizer=opt, overrides={"eta0": eta0}, seed=11)
     hand = HandDepthMuP(96, 32, 8, 2, seed=11)
     for name, p in hand.net.named_parameters():
-        assert torch.equal(p, compiled.model.get_parameter(name)), name
+        assert torch.allclose(p, compiled.model.get_parameter(name), rtol=1e-14, atol=0), name
     groups = compiled.param_groups()
     hand_groups = hand.groups(opt, eta0)
     if opt == "adam":

@@ -16,6 +16,7 @@ from ..spec import Spec, SpecError, load_spec
 from .analyze import analyze
 from .errors import CompileError
 from .factory import ModelFactory, load_factory
+from .init_record import build_recording_stds
 from .plan import Plan, build_plan
 from .rewrite import apply_plan, center, reinit
 from .trace import trace
@@ -112,8 +113,9 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
         raise CompileError(f"widths must be positive (width {width}, base width {base_width})")
 
     torch.manual_seed(seed)
+    meta = device is not None and torch.device(device).type == "meta"
     with torch.device(device) if device is not None else _nullcontext():
-        net = factory.build(width, depth)
+        net, own_stds = build_recording_stds(lambda: factory.build(width, depth))
     batch = _inputs(factory.example_batch(2))
     if batch is not None and device is not None:
         batch = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
@@ -138,10 +140,17 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
     analysis.notes.extend(traced.notes)
     if base_width == width and spec.name not in ("sp",):
         analysis.notes.append(f"base width = width = {width}: ratio rules (µP presets) reduce to SP here")
-    keep = {name: _keep_std(traced.graph_module, name) for name in analysis.tensors}
+    if meta:
+        keep = {name: _keep_std(traced.graph_module, name) for name in analysis.tensors}
+        base_stds = {name: _keep_std(base, name) for name in analysis.tensors}
+    else:
+        keep = {name: own_stds.get(name) for name in analysis.tensors}
+        torch.manual_seed(seed)
+        _, base_own = build_recording_stds(lambda: factory.build(base_width, depth))
+        base_stds = {name: base_own.get(name) for name in analysis.tensors}
     plan = build_plan(spec, analysis, optimizer, model=str(factory.source), frontend=traced.frontend, seed=seed,
                       width=width, base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,
-                      keep_stds=keep)
+                      keep_stds=keep, base_stds=base_stds)
     generator = None
     if device is None or torch.device(device).type != "meta":
         first = next(iter(traced.graph_module.parameters()), None)

@@ -31,7 +31,11 @@ class TensorPlan(BaseModel):
     base_fan_out: int
     init: str
     init_std: float | None
-    """Std of the init (0 for zero and constant inits; for ``keep``, the module default's std times the factor)."""
+    """Std of the init (0 for zero and constant inits; for ``keep``/``base``, the model's own init std at this
+    width / at the base width, times the factor)."""
+    default_std: float | None
+    """Std of the model's own init of this tensor at this width, and at the base width (``base_std``)."""
+    base_std: float | None
     init_scale: float | None
     """The evaluated argument of the init: std (normal, uniform), factor (keep), value (const)."""
     mult: float
@@ -128,7 +132,8 @@ def _value(m: Monomial | None, sizes: dict[str, float], what: str, name: str) ->
 
 
 def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, frontend: str, seed: int, width: int,
-               base_width: int, depth: int, base_depth: int, keep_stds: dict[str, float | None]) -> Plan:
+               base_width: int, depth: int, base_depth: int, keep_stds: dict[str, float | None],
+               base_stds: dict[str, float | None]) -> Plan:
     net = network(spec, optimizer)
     d_head = analysis.attention[0].d_head if analysis.attention else 1
     base_d_head = analysis.attention[0].base_d_head if analysis.attention else 1
@@ -152,8 +157,11 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
         elif rule.init_kind in ("zero", "const"):
             init_std = 0.0
         else:
-            keep = keep_stds.get(info.name)
-            init_std = None if keep is None else keep * (init_scale if init_scale is not None else 1.0)
+            own = (keep_stds if rule.init_kind == "keep" else base_stds).get(info.name)
+            init_std = None if own is None else own * (init_scale if init_scale is not None else 1.0)
+            if rule.init_kind == "base" and keep_stds.get(info.name) and own is None:
+                raise CompileError(f"cannot tell the base-width init std of {info.name!r}",
+                                   hint="use keep or an explicit normal(std = …) for it")
         use_mults = {}
         for use in info.uses:
             use_mult = mult
@@ -178,7 +186,8 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
             name=info.name, shape=list(info.shape), role=info.role, scaling_dims=info.scaling_dims,
             residual=info.residual, k=info.k, fan_in=info.fan_in, fan_out=info.fan_out,
             base_fan_in=info.base_fan_in, base_fan_out=info.base_fan_out, init=rule.init_kind,
-            init_std=init_std, init_scale=init_scale, mult=mult, lr=_value(rule.lr, sizes, "lr", info.name),
+            init_std=init_std, default_std=keep_stds.get(info.name), base_std=base_stds.get(info.name),
+            init_scale=init_scale, mult=mult, lr=_value(rule.lr, sizes, "lr", info.name),
             wd=_value(rule.wd, sizes, "wd", info.name),
             eps=_value(rule.eps, sizes, "eps", info.name) if optimizer != "sgd" else None,
             rule=best or (f"{winners[0].pos.path}:{winners[0].pos.line}" if winners else ""),

@@ -170,5 +170,10 @@ def reinit(gm: nn.Module, plan: Plan, generator: torch.Generator | None = None) 
             p.zero_()
         elif tensor.init == "const":
             p.fill_(scale)
-        elif scale is not None and scale != 1.0:
-            p.mul_(scale)
+        else:
+            factor = 1.0 if scale is None else scale
+            if tensor.init == "base" and tensor.default_std and tensor.base_std is not None \
+                    and tensor.base_std != tensor.default_std:
+                factor *= tensor.base_std / tensor.default_std
+            if factor != 1.0:
+                p.mul_(factor)

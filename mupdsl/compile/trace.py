@@ -67,6 +67,10 @@ def trace(model: nn.Module, example_inputs: tuple | None = None, max_leaves: int
             ep = torch.export.export(model, tuple(example_inputs), strict=False,
                                      dynamic_shapes=_dynamic_shapes(example_inputs))
             gm = ep.module()
+            for node in list(gm.graph.nodes):  # export's input guards re-check the example's shapes: drop them
+                if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+                    gm.graph.erase_node(node)
+            gm.recompile()
             return Traced(gm, "export", [], [f"torch.fx could not trace the model ({_short(error)}); "
                                             "used torch.export"])
         except Exception as exc:  # noqa: BLE001

@@ -99,7 +99,7 @@ def role_exponents(spec: Spec, optimizer: str, role: str, net: Network | None = 
     else:
         b, b_d = _neg_exp(rule.init_scale, ww), _neg_exp(rule.init_scale, dw)
         if rule.init_kind == "keep":
-            b += KEEP_STD_EXPONENT[role]
+            b += KEEP_STD_EXPONENT[role]  # PyTorch's default init; "base" is width-independent by definition
     texts = {key: s.text for key, s in settings.items()}
     rules = {key: str(s.pos) for key, s in settings.items()}
     return RoleExponents(role, residual, a, b, _neg_exp(rule.lr, ww), a_d, b_d, _neg_exp(rule.lr, dw), texts, rules)

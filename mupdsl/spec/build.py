@@ -488,7 +488,8 @@ class _Reader:
                 kwargs[kname] = (kw.children[0], self.expr(kw.children[1]))
             wanted = {"normal": "std", "uniform": "std", "const": "value"}
             if name not in wanted:
-                hint = did_you_mean(name, wanted) or "init forms: normal(std = …), uniform(std = …), const(value = …), zero, keep, keep * …"
+                hint = did_you_mean(name, wanted) or ("init forms: normal(std = …), uniform(std = …), "
+                                                      "const(value = …), zero, keep [* …], base [* …]")
                 raise self.error(f"unknown init '{name}'", name_token, hint=hint)
             arg = wanted[name]
             for kname, (ktoken, _) in kwargs.items():
@@ -500,16 +501,17 @@ class _Reader:
             self.no_init_words(scale)
             return Init(kind=name, scale=scale, text=text)
         expr = self.expr(node)
-        if expr.kind == "var" and expr.name in ("zero", "keep"):
+        if expr.kind == "var" and expr.name in ("zero", "keep", "base"):
             return Init(kind=expr.name, text=text)
         if expr.kind == "mul":
             left, right = expr.args
-            for keep, factor in ((left, right), (right, left)):
-                if keep.kind == "var" and keep.name == "keep":
+            for word, factor in ((left, right), (right, left)):
+                if word.kind == "var" and word.name in ("keep", "base"):
                     self.no_init_words(factor)
-                    return Init(kind="keep", scale=factor, text=text)
+                    return Init(kind=word.name, scale=factor, text=text)
         raise self.error("not an init form", node,
-                         hint="init is normal(std = …), uniform(std = …), const(value = …), zero, keep or keep * …")
+                         hint="init is normal(std = …), uniform(std = …), const(value = …), zero, keep [* …] or "
+                              "base [* …]")
 
     def no_init_words(self, expr: Expr) -> None:
         bad = expr.names() & set(INIT_KINDS)

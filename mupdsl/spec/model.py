@@ -30,7 +30,7 @@ NETWORK_KEYS = ("gamma", "tau", "alpha", "branch", "attention", "center")
 """Network-level settings: output multiplier 1/gamma, skip factor tau, residual exponent alpha,
 branch multiplier (default depth^-alpha), attention logit scale, centering f - f0 (seed 002 Eq. 1, seed 003 App. A)."""
 
-INIT_KINDS = ("normal", "uniform", "zero", "keep", "const")
+INIT_KINDS = ("normal", "uniform", "zero", "keep", "base", "const")
 
 SIZE_VARIABLES = (
     "width", "base_width", "width_mult",
@@ -69,14 +69,17 @@ class Expr(BaseModel):
 
 
 class Init(BaseModel):
-    """An init rule: ``normal(std = E)``, ``uniform(std = E)``, ``zero``, ``keep``, ``keep * E`` or ``const(E)``.
+    """An init rule: ``normal(std = E)``, ``uniform(std = E)``, ``zero``, ``keep [* E]``, ``base [* E]`` or
+    ``const(value = E)``.
 
-    ``scale`` is the std (normal, uniform), the factor on the module's default init (keep) or the value (const).
+    ``keep`` is the model's own init at its width; ``base`` is the model's own init rescaled to the std it has at
+    the base width (so ``base * fan_in_mult^(-1/2)`` is µP's hidden init whatever the model's init scheme).
+    ``scale`` is the std (normal, uniform), the factor (keep, base) or the value (const).
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    kind: Literal["normal", "uniform", "zero", "keep", "const"]
+    kind: Literal["normal", "uniform", "zero", "keep", "base", "const"]
     scale: Expr | None = None
     text: str
 
