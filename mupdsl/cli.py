@@ -275,6 +275,92 @@ def _print_plan(plan, elapsed: float) -> None:
         out().print(f"  untraceable submodules kept whole (module-level multipliers): {', '.join(plan.leaves)}")
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise BadInput(f"--widths {text}: expected comma-separated integers, e.g. 64,128,256,512") from None
+    if len(widths) < 2 or min(widths) <= 0:
+        raise BadInput(f"--widths {text}: give at least two positive widths")
+    return widths
+
+
+@main.command("coordcheck")
+@click.argument("spec")
+@click.argument("model")
+@click.option("--widths", default="64,128,256,512", show_default=True, help="Comma-separated widths.")
+@click.option("--base-width", type=int, default=None, help="Base width (default: the smallest width).")
+@click.option("--depth", type=int, default=None)
+@click.option("--base-depth", type=int, default=None)
+@click.option("--steps", type=int, default=4, show_default=True)
+@click.option("--optimizer", "-o", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+              help="Override a hyperparameter (eta0 defaults to 0.5 for SGD, 0.01 for Adam).")
+@click.option("--seeds", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--data", type=click.Choice(["example", "mnist1d"]), default="example", show_default=True)
+@click.option("--tolerance", type=float, default=None, help="Largest |slope| taken as flat (default 0.25).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the figure (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+def coordcheck_cmd(spec, model, widths, base_width, depth, base_depth, steps, optimizer, sets, seeds, batch_size,
+                   data, tolerance, plot, as_json) -> None:
+    """Coordinate check: is SPEC width-stable on MODEL? Exit 0 on PASS, 1 on FAIL (naming the layers), 2 on bad input."""
+    from .compile import CompileError  # noqa: PLC0415
+    from .measure.coord import DEFAULT_TOLERANCE, coordcheck  # noqa: PLC0415
+
+    loaded = _load(spec, _parse_sets(sets))
+    overrides = _parse_sets(sets)
+    if steps < 1 or seeds < 1 or batch_size < 1:
+        raise BadInput("--steps, --seeds and --batch-size must be at least 1")
+    try:
+        result = coordcheck(loaded, model, widths=_widths(widths), steps=steps, optimizer=optimizer,
+                            overrides=overrides, seeds=seeds, batch_size=batch_size, data=data,
+                            base_width=base_width, depth=depth, base_depth=base_depth,
+                            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                            progress=lambda line: err().print(f"[dim]{line}[/]"))
+    except CompileError as exc:
+        raise _compile_error(exc) from None
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"error: {exc}") from None
+    if plot:
+        result.plot(plot)
+        err().print(f"figure written to {plot}")
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        _print_coordcheck(result)
+    sys.exit(0 if result.verdict == "PASS" else 1)
+
+
+def _print_coordcheck(result) -> None:
+    table = Table(title=f"coordinate check: {result.spec} on {result.model} ({result.optimizer}, eta0 = "
+                        f"{result.eta0:g}, widths {result.widths}, {result.seeds} seeds)", title_justify="left")
+    table.add_column("entry", overflow="fold")
+    for step in range(result.steps + 1):
+        table.add_column(f"t={step}" + (" out" if step == 0 else " Δ"), justify="right")
+    keys = sorted({s["key"] for s in result.slopes})
+    index = {(s["key"], s["step"], s["quantity"]): s for s in result.slopes}
+    failing = {(f["key"], f["step"], f["quantity"]) for f in result.failures}
+    for key in keys:
+        cells = []
+        for step in range(result.steps + 1):
+            quantity = "rms" if step == 0 else "delta_rms"
+            s = index.get((key, step, quantity))
+            text = "—" if s is None else f"{s['slope']:+.2f}"
+            cells.append(f"[bold red]{text}[/]" if (key, step, quantity) in failing else text)
+        table.add_row(key, *cells)
+    out().print(table)
+    out().print("  slopes of log(RMS) against log(width): t=0 the activation, t≥1 its change since init")
+    for report in result.reports:
+        out().print(f"  note: {report}")
+    if result.verdict == "PASS":
+        out().print(f"[bold green]PASS[/]: every entry's update is width-independent (|slope| ≤ {result.tolerance:g})")
+        return
+    out().print(f"[bold red]FAIL[/]: {len(result.failures)} width-dependent entries")
+    for f in result.failures[:20]:
+        out().print(f"  {f['key']} at t={f['step']}: {f['why']} (slope {f['slope']:+.2f}, {f['symptom']})")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True,
               help="Where the demo writes its results.")

@@ -19,6 +19,8 @@ def plot_coordcheck(result, path: str | os.PathLike) -> None:
     fig, axes = plt.subplots(1, steps + 1, figsize=(3.4 * (steps + 1), 3.6), sharex=True, squeeze=False)
     slopes = {(s["key"], s["step"], s["quantity"]): s for s in result.slopes}
     failing = {(f["key"], f["step"]) for f in result.failures}
+    palette = plt.get_cmap("tab20")
+    colors = {key: palette(i % 20) for i, key in enumerate(sorted({k for (k, _, _) in slopes}))}
     for step, ax in enumerate(axes[0]):
         quantity = "rms" if step == 0 else "delta_rms"
         keys = sorted({k for (k, st, q) in slopes if st == step and q == quantity},
@@ -33,14 +35,15 @@ def plot_coordcheck(result, path: str | os.PathLike) -> None:
                     ys.append(float(np.mean(vals)))
             s = slopes[(key, step, quantity)]["slope"]
             style = "-" if (key, step) not in failing else "--"
-            ax.plot(xs, ys, style, marker="o", ms=3, label=f"{key} ({s:+.2f})")
+            ax.plot(xs, ys, style, marker="o", ms=3, color=colors[key], label=f"{key} ({s:+.2f})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"t = {step}: " + ("activation RMS" if step == 0 else "RMS of change since t=0"), fontsize=9)
+        ax.grid(True, which="both", alpha=0.2)
         ax.set_xlabel("width")
         ax.legend(fontsize=5.5, loc="best")
     fig.suptitle(f"coordinate check: {result.spec} on {result.model}, {result.optimizer}, eta0={result.eta0:g} — "
-                 f"{result.verdict}", fontsize=10)
+                 f"{result.verdict} (dashed: failing; legend: slope of log RMS vs log width)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
