@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--widths", default="64,128,256,512,1024")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     widths = tuple(int(w) for w in args.widths.split(","))
     g = torch.Generator().manual_seed(0)

@@ -263,3 +263,11 @@ def test_cli_compile_bad_inputs_exit_2(tmp_path):
     assert set(doc["network"]) >= {"gamma", "tau", "alpha", "attention_scale", "center", "width", "base_width",
                                    "depth", "base_depth"}
     assert (tmp_path / "plan.json").exists() and "def forward" in (tmp_path / "c.py").read_text()
+
+
+@pytest.mark.parametrize("spec", ["mup", "richness"])
+def test_reinitialize_equals_compiling_with_that_seed(spec):
+    a = compile_model(spec, "mupdsl.models.gpt", width=32, base_width=16, seed=3)
+    b = compile_model(spec, "mupdsl.models.gpt", width=32, base_width=16, seed=0).reinitialize(3)
+    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p, q), name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import fx, nn
@@ -105,7 +106,7 @@ def _role_from_fans(in_scales: bool, out_scales: bool) -> str:
 
 def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[str],
             example_inputs: tuple | None, base_inputs: tuple | None = None,
-            base_graph: fx.GraphModule | None = None) -> Analysis:
+            base_graph: Callable[[], fx.GraphModule | None] | None = None) -> Analysis:
     """Analyse ``gm`` (the traced model) against meta-device ``base`` and ``probe`` builds."""
     base_shapes, probe_shapes = _Shapes(base), _Shapes(probe)
     canonical: dict[int, str] = {}
@@ -336,12 +337,14 @@ def _is_tensor_like(node: fx.Node) -> bool:
     return node.op != "get_attr" and _shape(node) is not None
 
 
-def _attention(gm: fx.GraphModule, example_inputs: tuple | None, base_graph: fx.GraphModule | None,
+def _attention(gm: fx.GraphModule, example_inputs: tuple | None,
+               base_graph_fn: Callable[[], fx.GraphModule | None] | None,
                base_inputs: tuple | None) -> list[AttentionSite]:
     sites = _attention_nodes(gm)
     if not sites:
         return []
     _ensure_shapes(gm, example_inputs)
+    base_graph = base_graph_fn() if base_graph_fn is not None else None
     base_dims: list[int | None] = []
     if base_graph is not None:
         try:

@@ -18,7 +18,7 @@ from .errors import CompileError
 from .factory import ModelFactory, load_factory
 from .init_record import build_recording_stds
 from .plan import Plan, build_plan
-from .rewrite import apply_plan, center, reinit
+from .rewrite import CENTER_MODULE, apply_plan, center, reinit
 from .trace import trace
 
 OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -54,6 +54,25 @@ class CompiledModel:
         cls = OPTIMIZER_CLASSES[self.plan.optimizer]
         return cls(groups, lr=groups[0]["lr"] if groups else 1e-3, **kwargs)
 
+    def reinitialize(self, seed: int, factory: ModelFactory | None = None) -> "CompiledModel":
+        """Re-draw the weights as ``compile_model(..., seed=seed)`` would, without tracing again."""
+        factory = factory or load_factory(self.plan.model)
+        net = self.plan.network
+        torch.manual_seed(seed)
+        fresh = factory.build(net.width, net.depth if factory.takes_depth else None)
+        with torch.no_grad():
+            for name, p in fresh.named_parameters():
+                self.model.get_parameter(name).copy_(p)
+        first = next(iter(self.model.parameters()), None)
+        generator = torch.Generator(device=first.device if first is not None else "cpu").manual_seed(seed)
+        reinit(self.model, self.plan, generator)
+        if net.center:
+            frozen = self.model.get_submodule(CENTER_MODULE)
+            with torch.no_grad():
+                for key, buffer in frozen.named_buffers():
+                    buffer.copy_(self.model.get_parameter(key.replace("__", ".")))
+        return self
+
     def save(self, directory: str | Path) -> Path:
         """Write ``model.pt`` (the state_dict) and ``plan.json`` beside it."""
         directory = Path(directory)
@@ -88,6 +107,37 @@ def _keep_std(model: nn.Module, name: str) -> float | None:
     return None
 
 
+_BASE_STDS: dict[tuple, dict[str, float | None]] = {}
+_REFERENCES: dict[tuple, tuple[nn.Module, nn.Module]] = {}
+
+
+def _references(factory: ModelFactory, base_width: int, depth: int | None) -> tuple[nn.Module, nn.Module]:
+    """The model at the base width and at twice it, on the meta device, at the model's own depth (so every
+    parameter name has a counterpart); cached per factory and base."""
+    key = (factory.source, id(factory.builder), base_width, depth)
+    if key not in _REFERENCES:
+        with torch.device("meta"):
+            refs = (factory.build(base_width, depth), factory.build(2 * base_width, depth))
+        if len(_REFERENCES) > 64:
+            _REFERENCES.clear()
+        _REFERENCES[key] = refs
+    return _REFERENCES[key]
+
+
+def _base_stds(factory: ModelFactory, base_width: int, depth: int | None, seed: int) -> dict[str, float | None]:
+    """Init stds of the model at the base width; cached, since a sweep compiles many widths on one base."""
+    key = (factory.source, id(factory.builder), base_width, depth)
+    if key not in _BASE_STDS:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        _, stds = build_recording_stds(lambda: factory.build(base_width, depth))
+        torch.random.set_rng_state(state)
+        if len(_BASE_STDS) > 64:
+            _BASE_STDS.clear()
+        _BASE_STDS[key] = stds
+    return _BASE_STDS[key]
+
+
 def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module] | ModelFactory, *, width: int,
                   base_width: int | None = None, depth: int | None = None, base_depth: int | None = None,
                   optimizer: str = "sgd", overrides: Mapping[str, Any] | None = None, seed: int = 0,
@@ -120,18 +170,19 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
     if batch is not None and device is not None:
         batch = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
     traced = trace(net, batch)
-    with torch.device("meta"):  # width references at the model's own depth, so every name has a counterpart
-        base = factory.build(base_width, depth)
-        probe = factory.build(2 * base_width, depth)
-    base_graph, base_batch = None, None
-    if batch is not None:
-        base_batch = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch)
+    base, probe = _references(factory, base_width, depth)
+    base_batch = None if batch is None else tree_map(
+        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch)
+
+    def base_graph():  # traced only when the model has attention, to read the base head dimension
         try:
-            base_graph = trace(base, base_batch).graph_module
+            return trace(base, base_batch).graph_module
         except CompileError:
-            base_graph = None
+            return None
+
     try:
-        analysis = analyze(traced.graph_module, base, probe, traced.leaves, batch, base_batch, base_graph)
+        analysis = analyze(traced.graph_module, base, probe, traced.leaves, batch, base_batch,
+                           base_graph if batch is not None else None)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001 - never a traceback for a model we cannot analyse
@@ -145,8 +196,7 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
         base_stds = {name: _keep_std(base, name) for name in analysis.tensors}
     else:
         keep = {name: own_stds.get(name) for name in analysis.tensors}
-        torch.manual_seed(seed)
-        _, base_own = build_recording_stds(lambda: factory.build(base_width, depth))
+        base_own = _base_stds(factory, base_width, depth, seed)
         base_stds = {name: base_own.get(name) for name in analysis.tensors}
     plan = build_plan(spec, analysis, optimizer, model=str(factory.source), frontend=traced.frontend, seed=seed,
                       width=width, base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,

@@ -53,9 +53,8 @@ def trace(model: nn.Module, example_inputs: tuple | None = None, max_leaves: int
     for _ in range(max_leaves + 1):
         try:
             graph = _LeafTracer(leaves).trace(model)
-            gm = fx.GraphModule(model, graph, model.__class__.__name__)
-            _normalize(gm)
-            return Traced(gm, "fx", sorted(leaves))
+            _normalize(graph, model)
+            return Traced(fx.GraphModule(model, graph, model.__class__.__name__), "fx", sorted(leaves))
         except Exception as exc:  # noqa: BLE001 - any tracing failure decides the next step
             error = exc
             culprit = _failing_module(sys.exc_info()[2])
@@ -121,12 +120,11 @@ def _functional(module: nn.Module):
     return None
 
 
-def _normalize(gm: fx.GraphModule) -> None:
-    graph = gm.graph
+def _normalize(graph: fx.Graph, root: nn.Module) -> None:
     for node in list(graph.nodes):
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
-        module = gm.get_submodule(node.target)
+        module = root.get_submodule(node.target)
         spec = _functional(module)
         if spec is None:
             continue
@@ -140,4 +138,3 @@ def _normalize(gm: fx.GraphModule) -> None:
         node.replace_all_uses_with(new)
         graph.erase_node(node)
     graph.lint()
-    gm.recompile()
