@@ -212,6 +212,8 @@ def _constant(expr: Expr, hypers: Mapping[str, Hyper], source: str) -> Fraction:
         raise SpecError(f"unknown name '{name}' in hyperparameter value", node.pos, source=source, hint=hint)
 
     monomial = to_monomial(expr, lookup, source)
+    if not math.isfinite(monomial.coef):
+        raise SpecError("value is too large for a float", expr.pos, source=source)
     return Fraction(monomial.coef).limit_denominator(10**12) if monomial.coef != 0 else Fraction(0)
 
 

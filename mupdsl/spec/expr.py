@@ -32,6 +32,8 @@ class Monomial:
         return Monomial(1.0, {name: Fraction(1)})
 
     def __mul__(self, other: "Monomial") -> "Monomial":
+        if not (math.isfinite(self.coef) and math.isfinite(other.coef)):
+            raise OverflowError("non-finite coefficient")
         powers = dict(self.powers)
         for name, p in other.powers.items():
             powers[name] = powers.get(name, Fraction(0)) + p
@@ -79,20 +81,30 @@ def to_monomial(expr: Expr, lookup: Lookup, source: str | None = None) -> Monomi
     """Fold an expression to a monomial; hyperparameters in exponents are resolved through ``lookup`` too."""
     kind = expr.kind
     if kind == "num":
-        return Monomial.const(float(expr.value))
+        try:
+            return Monomial.const(float(expr.value))
+        except OverflowError:
+            raise SpecError("number too large for a float", expr.pos, source=source) from None
     if kind == "var":
         return lookup(expr.name, expr)
     if kind == "neg":
         inner = to_monomial(expr.args[0], lookup, source)
         return Monomial(-inner.coef, inner.powers)
     if kind == "mul":
-        return to_monomial(expr.args[0], lookup, source) * to_monomial(expr.args[1], lookup, source)
+        left, right = to_monomial(expr.args[0], lookup, source), to_monomial(expr.args[1], lookup, source)
+        try:
+            return left * right
+        except OverflowError:
+            raise SpecError("value out of range", expr.pos, source=source) from None
     if kind == "div":
         divisor = to_monomial(expr.args[1], lookup, source)
         if divisor.coef == 0:
             raise SpecError("division by zero", expr.args[1].pos, source=source,
                             hint="a divisor must be non-zero; check the literal or the hyperparameter's value")
-        return to_monomial(expr.args[0], lookup, source) / divisor
+        try:
+            return to_monomial(expr.args[0], lookup, source) / divisor
+        except (OverflowError, ZeroDivisionError):
+            raise SpecError("value out of range", expr.pos, source=source) from None
     if kind == "pow":
         base = to_monomial(expr.args[0], lookup, source)
         p = exponent_value(expr.args[1], lookup, source)
@@ -101,7 +113,10 @@ def to_monomial(expr: Expr, lookup: Lookup, source: str | None = None) -> Monomi
         if base.coef < 0 and p.denominator % 2 == 0:
             raise SpecError(f"negative number raised to the power {p}", expr.pos, source=source,
                             hint="fractional powers need a positive base")
-        return base.pow(p)
+        try:
+            return base.pow(p)
+        except (OverflowError, ZeroDivisionError):
+            raise SpecError(f"power out of range: {expr.text}", expr.pos, source=source) from None
     raise SpecError(f"'{kind}' is allowed only inside an exponent", expr.pos, source=source,
                     hint="expressions are products, quotients and powers; put sums inside ^( … )")
 
@@ -116,6 +131,8 @@ def exponent_value(expr: Expr, lookup: Lookup, source: str | None = None) -> Fra
         if not m.is_const:
             raise SpecError(f"exponent '{expr.name}' depends on the model's size", expr.pos, source=source,
                             hint="exponents must be constants: literals or hyperparameters")
+        if not math.isfinite(m.coef):
+            raise SpecError(f"exponent '{expr.name}' is not finite", expr.pos, source=source)
         return Fraction(m.coef).limit_denominator(10**9)
     if kind == "neg":
         return -exponent_value(expr.args[0], lookup, source)
@@ -124,6 +141,8 @@ def exponent_value(expr: Expr, lookup: Lookup, source: str | None = None) -> Fra
         right = exponent_value(expr.args[1], lookup, source)
         if right.denominator != 1:
             raise SpecError("an exponent inside an exponent must be an integer", expr.pos, source=source)
+        if abs(right) > 64 or abs(left.numerator) > 10**12 or left.denominator > 10**12:
+            raise SpecError("exponent out of range", expr.pos, source=source, hint="exponents are small rationals")
         if left == 0 and right < 0:
             raise SpecError("zero raised to a negative power (division by zero)", expr.pos, source=source)
         return left ** int(right)
