@@ -1,0 +1,145 @@
+"""Sharpness of the learning-rate-preconditioned Hessian (seed 002; design.md §4 "Sharpness").
+
+The operator is the symmetric ``S H S`` on a fixed measurement batch, with
+
+* SGD: ``S = diag(lr_p / eta0)^{1/2}`` — ``γ² H`` for µP with ``η = η0 γ²`` (seed 002 App. J.1);
+* Adam/AdamW: ``S = diag(lr_p / ((sqrt(v̂_p) + ε_p) · eta0))^{1/2}`` from the optimizer's state — the
+  ``D P⁻¹ H`` of App. J.1, in symmetric form (same eigenvalues);
+
+and the Edge-of-Stability threshold it is compared to: ``2 / eta0`` (SGD), ``2 (1 + β1) / ((1 − β1) eta0)``
+(Adam; Cohen et al. 2022). Top-k by Lanczos (:mod:`.lanczos`), trace by Hutchinson, directional sharpness
+uᵀAu/‖u‖² along the preconditioned gradient u = S g (seed 002 App. I), and the Gauss-Newton / residual split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .hutchinson import hutchinson
+from .hvp import Batch, HessianOperator
+from .lanczos import Eigen, lanczos
+
+
+def preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
+                   optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd") -> torch.Tensor:
+    """The diagonal S (flat, in the order of ``names``)."""
+    params = dict(model.named_parameters())
+    parts = []
+    for name in names:
+        p = params[name]
+        ratio = torch.full_like(p.detach(), lrs[name] / eta0)
+        if kind in ("adam", "adamw"):
+            if optimizer is None:
+                raise ValueError("the Adam preconditioner needs the optimizer (its second moments)")
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" not in state:
+                raise ValueError(f"no Adam state for {name}: take at least one optimizer step before measuring")
+            group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+            beta2, eps = group["betas"][1], group["eps"]
+            step = float(state["step"])
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** step)
+            ratio = ratio / (v_hat.sqrt() + eps)
+        parts.append(ratio.reshape(-1).sqrt())
+    return torch.cat(parts)
+
+
+def eos_threshold(kind: str, eta0: float, beta1: float = 0.9) -> float:
+    """2/η0 for SGD; 2(1+β1)/((1−β1)η0) for Adam (seed 002 App. J.1)."""
+    if kind == "sgd":
+        return 2.0 / eta0
+    return 2.0 * (1 + beta1) / ((1 - beta1) * eta0)
+
+
+@dataclass
+class SharpnessResult:
+    sharpness: float
+    eigenvalues: list[float]
+    eos_threshold: float | None
+    hvps: int
+    residual: list[float]
+    converged: bool
+    trace: float | None = None
+    trace_stderr: float | None = None
+    directional: float | None = None
+    gauss_newton: float | None = None
+    residual_part: float | None = None
+    vectors: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("vectors")
+        return doc
+
+
+class PreconditionedOperator:
+    """v -> S H S v (and the same for G), counting HVPs."""
+
+    def __init__(self, hessian: HessianOperator, scale: torch.Tensor | None) -> None:
+        self.hessian = hessian
+        self.scale = None if scale is None else scale.to(hessian.device, hessian.dtype)
+
+    @property
+    def dim(self) -> int:
+        return self.hessian.dim
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            return self.hessian.hvp(v)
+        return self.scale * self.hessian.hvp(self.scale * v)
+
+    def gauss_newton(self, v: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            return self.hessian.gnvp(v)
+        return self.scale * self.hessian.gnvp(self.scale * v)
+
+    def residual(self, v: torch.Tensor) -> torch.Tensor:
+        return self(v) - self.gauss_newton(v)
+
+
+def measure(model: nn.Module, batch: Batch, *, loss: str = "ce", names: list[str] | None = None,
+            scale: torch.Tensor | None = None, eos: float | None = None, top_k: int = 1, tol: float = 1e-3,
+            start: list[torch.Tensor] | None = None, trace_samples: int = 0, directional: bool = False,
+            split: bool = False, mode: str = "eval", micro_batch: int | None = None, seed: int = 0
+            ) -> SharpnessResult:
+    """Sharpness of S H S and the optional extras; leaves the model exactly as it found it."""
+    hessian = HessianOperator(model, batch, loss, names, mode, micro_batch)
+    op = PreconditionedOperator(hessian, scale)
+    common = dict(device=hessian.device, dtype=hessian.dtype)
+    eig: Eigen = lanczos(op, op.dim, top_k, tol=tol, start=start, seed=seed, **common)
+    result = SharpnessResult(eig.top, eig.values, eos, eig.hvps, eig.residuals, eig.converged, vectors=eig.vectors)
+    if trace_samples:
+        t = hutchinson(op, op.dim, trace_samples, seed=seed, **common)
+        result.trace, result.trace_stderr = t.value, t.stderr
+    if directional:
+        g = hessian.gradient()
+        u = g if op.scale is None else op.scale * g
+        result.directional = float(torch.dot(u, op(u)) / torch.dot(u, u).clamp_min(1e-30))
+    if split:
+        result.gauss_newton = lanczos(op.gauss_newton, op.dim, 1, tol=tol, seed=seed, **common).top
+        result.residual_part = lanczos(op.residual, op.dim, 1, tol=tol, seed=seed, **common).top
+    return result
+
+
+class SharpnessTracker:
+    """Measures along a training run, warm-starting each Lanczos run from the previous eigenvectors."""
+
+    def __init__(self, **measure_kwargs: Any) -> None:
+        self.kwargs = measure_kwargs
+        self.previous: list[torch.Tensor] | None = None
+        self.history: list[SharpnessResult] = []
+
+    def __call__(self, model: nn.Module, batch: Batch, scale: torch.Tensor | None = None, **extra: Any
+                 ) -> SharpnessResult:
+        result = measure(model, batch, scale=scale, start=self.previous, **{**self.kwargs, **extra})
+        self.previous = result.vectors
+        self.history.append(result)
+        return result
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)

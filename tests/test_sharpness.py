@@ -1,0 +1,259 @@
+"""Sharpness, spectra and trace against a dense float64 Hessian, the seed 002 Sec. 5 bound, and PyHessian."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from mupdsl.measure.hvp import Batch, HessianOperator, math_attention
+from mupdsl.measure.lanczos import lanczos
+from mupdsl.measure.ntk import jacobian, ntk_eigenvalues
+from mupdsl.measure.sharpness import PreconditionedOperator, eos_threshold, measure, preconditioner
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+class TinyAttention(nn.Module):
+    def __init__(self, d=6, classes=3):
+        super().__init__()
+        self.inp = nn.Linear(4, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, classes)
+
+    def forward(self, x):            # x: (B, T, 4)
+        h = self.inp(x)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        y = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        return self.out((h + y).mean(dim=1))
+
+
+def tiny(kind):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if kind == "mlp":
+        m = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+        x = torch.randn(12, 5, generator=g)
+    elif kind == "conv":
+        m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+        x = torch.randn(10, 2, 4, 4, generator=g)
+    else:
+        m = TinyAttention()
+        x = torch.randn(9, 5, 4, generator=g)
+    return m, Batch((x,), torch.randint(0, 3, (x.shape[0],), generator=g))
+
+
+def dense(model, batch, loss="ce"):
+    op = HessianOperator(model, batch, loss)
+    flat = op.flatten(op.params).clone()
+
+    def f(v):
+        out = functional_call(model, op.unflatten(v), batch.inputs)
+        return F.cross_entropy(out, batch.targets) if loss == "ce" else F.mse_loss(out, batch.targets)
+
+    with math_attention():
+        return op, flat, f, torch.autograd.functional.hessian(f, flat)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv", "attention"])
+def test_top_k_against_dense(kind):
+    model, batch = tiny(kind)
+    op, _, _, H = dense(model, batch)
+    exact = torch.linalg.eigvalsh(H).flip(0)[:3]
+    result = measure(model, batch, top_k=3, tol=1e-8)
+    assert result.converged
+    assert torch.allclose(torch.tensor(result.eigenvalues), exact, rtol=1e-6, atol=1e-9)
+    assert result.hvps <= op.dim
+
+
+@pytest.mark.parametrize("kind", ["mlp", "attention"])
+def test_preconditioned_sgd_and_adam_forms(kind):
+    model, batch = tiny(kind)
+    op, _, _, H = dense(model, batch)
+    names = op.names
+    lrs = {n: (0.3 if "weight" in n else 0.05) * (i + 1) for i, n in enumerate(names)}
+    eta0 = 0.1
+    # SGD: S = sqrt(lr/eta0); eig(S H S) = eig(D H), D = diag(lr/eta0)
+    S = preconditioner(model, names, lrs, eta0)
+    D = torch.cat([torch.full((model.get_parameter(n).numel(),), lrs[n] / eta0) for n in names])
+    exact = torch.linalg.eigvals(torch.diag(D) @ H).real.sort(descending=True).values[:2]
+    got = measure(model, batch, scale=S, top_k=2, tol=1e-9).eigenvalues
+    assert torch.allclose(torch.tensor(got), exact, rtol=1e-6)
+    # Adam: S² = lr / ((sqrt(v̂) + eps) eta0) from the optimizer's state after two steps
+    opt = torch.optim.Adam([{"params": [model.get_parameter(n)], "lr": lrs[n]} for n in names], eps=1e-8)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(*batch.inputs), batch.targets).backward()
+        opt.step()
+    op, _, _, H = dense(model, batch)
+    S = preconditioner(model, names, lrs, eta0, opt, "adam")
+    P = []
+    for n in names:
+        st = opt.state[model.get_parameter(n)]
+        v_hat = st["exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
+        P.append((lrs[n] / eta0 / (v_hat.sqrt() + 1e-8)).reshape(-1))
+    DP = torch.diag(torch.cat(P))
+    exact = torch.linalg.eigvals(DP @ H).real.sort(descending=True).values[:2]
+    got = measure(model, batch, scale=S, top_k=2, tol=1e-9).eigenvalues
+    assert torch.allclose(torch.tensor(got), exact, rtol=1e-6)
+    assert eos_threshold("adam", eta0) == pytest.approx(2 * 1.9 / (0.1 * eta0))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_trace_and_directional(kind):
+    model, batch = tiny(kind)
+    op, flat, f, H = dense(model, batch)
+    r = measure(model, batch, trace_samples=400, directional=True)
+    assert abs(r.trace - float(H.trace())) <= 4 * r.trace_stderr
+    g = torch.autograd.functional.jacobian(f, flat)
+    assert r.directional == pytest.approx(float(g @ H @ g / (g @ g)), rel=1e-8)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_gauss_newton_plus_residual_is_the_hessian(loss):
+    model, batch = tiny("mlp")
+    if loss == "mse":
+        batch = Batch(batch.inputs, torch.randn(batch.targets.shape[0], 3))
+    op, flat, f, H = dense(model, batch, loss)
+    J = jacobian(model, batch, op.names)           # (n·C) × P
+    out = model(*batch.inputs).detach()
+    if loss == "ce":
+        HL = torch.autograd.functional.hessian(lambda o: F.cross_entropy(o.view_as(out), batch.targets),
+                                               out.reshape(-1))
+    else:
+        HL = torch.autograd.functional.hessian(lambda o: F.mse_loss(o.view_as(out), batch.targets), out.reshape(-1))
+    G = J.T @ HL @ J
+    pre = PreconditionedOperator(op, None)
+    basis = torch.eye(op.dim)
+    G_op = torch.stack([pre.gauss_newton(e) for e in basis], dim=1)
+    R_op = torch.stack([pre.residual(e) for e in basis], dim=1)
+    assert torch.allclose(G_op, G, atol=1e-10)
+    assert torch.allclose(G_op + R_op, H, atol=1e-10)
+    r = measure(model, batch, loss=loss, split=True, tol=1e-9)
+    assert r.gauss_newton == pytest.approx(float(torch.linalg.eigvalsh(G)[-1]), rel=1e-6)
+    assert r.residual_part == pytest.approx(float(torch.linalg.eigvalsh(H - G)[-1]), rel=1e-5, abs=1e-9)
+
+
+def test_ntk_against_explicit_jacobian():
+    model, batch = tiny("mlp")
+    names = [n for n, _ in model.named_parameters()]
+    rows = []
+    for i in range(batch.targets.shape[0]):
+        for c in range(3):
+            model.zero_grad()
+            model(batch.inputs[0][i:i + 1])[0, c].backward()
+            rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    J = torch.stack(rows)
+    scale = torch.linspace(0.5, 2.0, J.shape[1])
+    K = J * scale
+    exact = torch.linalg.eigvalsh(K @ K.T / batch.targets.shape[0]).flip(0)[:3]
+    got = ntk_eigenvalues(model, batch, names, scale, k=3)
+    assert torch.allclose(torch.tensor(got), exact, rtol=1e-8)
+
+
+class TwoLayerLinear(nn.Module):
+    """Seed 002 Sec. 5: f(X) = X E V / (γ sqrt(N D)), E ~ N(0,1)^{D×N}, V ~ N(0,1)^{N×1}."""
+
+    def __init__(self, D, N, gamma, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.E = nn.Parameter(torch.randn(D, N, generator=g))
+        self.V = nn.Parameter(torch.randn(N, 1, generator=g))
+        self.c = 1.0 / (gamma * math.sqrt(N * D))
+
+    def forward(self, X):
+        return (X @ self.E @ self.V * self.c).squeeze(-1)
+
+
+@pytest.mark.parametrize("param", ["mup", "ntp"])
+@pytest.mark.parametrize("N", [16, 64])
+def test_lemma_5_2_bound_along_gd(param, N):
+    D, eta0 = 6, 0.3
+    gamma = math.sqrt(N) if param == "mup" else 1.0
+    model = TwoLayerLinear(D, N, gamma, seed=N)
+    g = torch.Generator().manual_seed(7)
+    w_star = torch.randn(D, generator=g)
+    X = torch.eye(D)
+    batch = Batch((X,), X @ w_star)
+
+    def half_sum(out, y):      # L = ½ ||f(X) − Y||²
+        return 0.5 * ((out - y) ** 2).sum()
+
+    names = ["E", "V"]
+    opt = torch.optim.SGD(model.parameters(), lr=eta0 * gamma ** 2)
+    scale = torch.full((D * N + N,), gamma)           # S² = lr/eta0 = γ²: the operator is γ² H
+    checked = 0
+    for step in range(40):
+        r = measure(model, batch, loss=half_sum, names=names, scale=scale, tol=1e-10)
+        theta = ntk_eigenvalues(model, batch, names, scale, k=1, normalize=False)[0]
+        with torch.no_grad():
+            w = (model.E @ model.V).squeeze(-1) * model.c
+        bound = math.sqrt(gamma ** 2 / (N * D)) * float((w - w_star).norm())
+        assert abs(r.sharpness - theta) <= bound + 1e-9, (step, r.sharpness, theta, bound)
+        checked += 1
+        opt.zero_grad()
+        half_sum(model(X), batch.targets).backward()
+        opt.step()
+    assert checked == 40
+
+
+def test_measurement_leaves_the_model_unchanged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.2), nn.Linear(6, 2))
+    model.train()
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    F.cross_entropy(model(x), y).backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    for mode in ("eval", "train"):
+        measure(model, Batch((x,), y), mode=mode, trace_samples=3, directional=True, split=True)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert torch.equal(rng, torch.get_rng_state())
+    # train-mode BatchNorm is a different operator: the explicit mode matters
+    a = measure(model, Batch((x,), y), mode="eval", tol=1e-9).sharpness
+    model.eval()  # dropout off, BN in eval for the train-mode measurement comparison below is irrelevant
+    b = measure(nn.Sequential(*list(model)[:3], list(model)[4]), Batch((x,), y), mode="train", tol=1e-9).sharpness
+    assert a != pytest.approx(b, rel=1e-3)
+
+
+def test_warm_start_needs_fewer_hvps():
+    model, batch = tiny("mlp")
+    cold = measure(model, batch, tol=1e-6)
+    warm = measure(model, batch, tol=1e-6, start=cold.vectors)
+    assert warm.hvps < cold.hvps and warm.sharpness == pytest.approx(cold.sharpness, rel=1e-5)
+
+
+def test_lanczos_finds_the_largest_algebraic_of_an_indefinite_operator():
+    torch.manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(40, 40))
+    spectrum = torch.cat([torch.tensor([-10.0, 3.0, 2.5]), torch.linspace(-2, 2, 37)])
+    A = Q @ torch.diag(spectrum) @ Q.T
+    eig = lanczos(lambda v: A @ v, 40, k=2, tol=1e-10, dtype=torch.float64)
+    assert eig.values == pytest.approx([3.0, 2.5], rel=1e-8)   # not the -10 power iteration would find
+
+
+pyhessian = pytest.importorskip("pyhessian")
+
+
+def test_agrees_with_pyhessian_on_a_small_convnet():
+    from pyhessian import hessian as PyHessian
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,))
+    ours = measure(model, Batch((x,), y), tol=1e-6).sharpness
+    torch.manual_seed(1)
+    theirs = PyHessian(model, nn.CrossEntropyLoss(), data=(x, y), cuda=False).eigenvalues(maxIter=200, tol=1e-6)[0][0]
+    assert ours == pytest.approx(theirs, rel=1e-3)   # PyHessian's own tolerance, tightened
