@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -58,6 +59,9 @@ def _load(path: str, sets: dict[str, str] | None = None):
         return load_spec(path, sets or None)
     except SpecError as exc:
         raise BadInput(exc.render()) from None
+
+
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -359,6 +363,91 @@ def _print_coordcheck(result) -> None:
     out().print(f"[bold red]FAIL[/]: {len(result.failures)} width-dependent entries")
     for f in result.failures[:20]:
         out().print(f"  {f['key']} at t={f['step']}: {f['why']} (slope {f['slope']:+.2f}, {f['symptom']})")
+
+
+@main.command("sharpness")
+@click.argument("spec")
+@click.argument("model")
+@click.option("--width", type=int, required=True)
+@click.option("--base-width", type=int, default=None, help="Base width (default: --width).")
+@click.option("--depth", type=int, default=None)
+@click.option("--base-depth", type=int, default=None)
+@click.option("--optimizer", "-o", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a hyperparameter.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Measurement (and training) batch.")
+@click.option("--train-steps", type=int, default=0, show_default=True, help="Steps on the batch before measuring.")
+@click.option("--top-k", type=int, default=1, show_default=True)
+@click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
+@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+              help="BatchNorm/dropout mode during the measurement.")
+@click.option("--tol", type=float, default=1e-4, show_default=True, help="Lanczos residual tolerance (relative).")
+@click.option("--trace-samples", type=int, default=16, show_default=True, help="Hutchinson samples (0: skip).")
+@click.option("--micro-batch", type=int, default=None, help="Accumulate HVPs over micro-batches of this size.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-state", type=click.Path(dir_okay=False), default=None,
+              help="torch.save the measured model's state_dict here (its plan goes to PATH.plan.json).")
+@click.option("--json", "as_json", is_flag=True)
+def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, sets, batch_size, train_steps, top_k,
+                  loss, mode, tol, trace_samples, micro_batch, seed, save_state, as_json) -> None:
+    """Top eigenvalues of the learning-rate-preconditioned Hessian S H S on the model's example batch."""
+    import torch  # noqa: PLC0415
+
+    from .compile import CompileError, compile_model  # noqa: PLC0415
+    from .measure.hvp import Batch  # noqa: PLC0415
+    from .measure.losses import task_loss  # noqa: PLC0415
+    from .measure.sharpness import measure, measure_compiled  # noqa: PLC0415
+
+    loaded = _load(spec, _parse_sets(sets))
+    if batch_size < 1 or top_k < 1 or train_steps < 0:
+        raise BadInput("--batch-size and --top-k must be at least 1, --train-steps at least 0")
+    try:
+        compiled = compile_model(loaded, model, width=width, base_width=base_width, depth=depth,
+                                 base_depth=base_depth, optimizer=optimizer, seed=seed)
+        from .compile.factory import load_factory  # noqa: PLC0415
+
+        torch.manual_seed(seed)
+        example = load_factory(model).example_batch(batch_size)
+    except CompileError as exc:
+        raise _compile_error(exc) from None
+    if example is None:
+        raise BadInput(f"error: {model} has no example_batch(batch_size) to measure on")
+    inputs, targets = example
+    batch = Batch(tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), targets)
+    opt = compiled.optimizer()
+    for step in range(train_steps):
+        opt.zero_grad(set_to_none=True)
+        loss_value = task_loss(compiled(*batch.inputs), batch.targets, loss)
+        loss_value.backward()
+        opt.step()
+        err().print(f"[dim]step {step + 1}/{train_steps}: loss {loss_value.item():.4g}[/]")
+    if optimizer != "sgd" and train_steps == 0:
+        raise BadInput("the Adam preconditioner needs the optimizer's second moments: pass --train-steps 1 or more")
+    opt.zero_grad(set_to_none=True)
+    try:
+        result = measure_compiled(compiled, batch, opt, loss=loss, top_k=top_k, tol=tol, mode=mode,
+                                  trace_samples=trace_samples, directional=True, micro_batch=micro_batch, seed=seed)
+        raw = measure(compiled.model, batch, loss=loss, top_k=top_k, tol=tol, mode=mode, micro_batch=micro_batch,
+                      seed=seed)
+    except ValueError as exc:
+        raise BadInput(f"error: {exc}") from None
+    if save_state:
+        torch.save(compiled.model.state_dict(), save_state)
+        Path(save_state + ".plan.json").write_text(json.dumps(compiled.plan.model_dump(), indent=1))
+    doc = result.to_json()
+    doc["unpreconditioned"] = {"eigenvalues": raw.eigenvalues, "hvps": raw.hvps, "residual": raw.residual,
+                               "converged": raw.converged}
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    out().print(f"sharpness of S H S ({optimizer}, width {width}): [bold]{result.sharpness:.6g}[/]  "
+                f"(EoS threshold {result.eos_threshold:.4g})")
+    out().print(f"  top-{top_k}: {', '.join(f'{v:.6g}' for v in result.eigenvalues)}; {result.hvps} HVPs, "
+                f"residuals {', '.join(f'{r:.1e}' for r in result.residual)}, converged {result.converged}")
+    if result.trace is not None:
+        out().print(f"  trace {result.trace:.6g} ± {result.trace_stderr:.2g} (Hutchinson, {trace_samples} samples)")
+    out().print(f"  directional sharpness along the preconditioned gradient: {result.directional:.6g}")
+    out().print(f"  unpreconditioned Hessian top-{top_k}: {', '.join(f'{v:.6g}' for v in raw.eigenvalues)} "
+                f"({raw.hvps} HVPs)")
 
 
 @main.command()

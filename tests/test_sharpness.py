@@ -257,3 +257,56 @@ def test_agrees_with_pyhessian_on_a_small_convnet():
     torch.manual_seed(1)
     theirs = PyHessian(model, nn.CrossEntropyLoss(), data=(x, y), cuda=False).eigenvalues(maxIter=200, tol=1e-6)[0][0]
     assert ours == pytest.approx(theirs, rel=1e-3)   # PyHessian's own tolerance, tightened
+
+
+SMALL_MODEL = '''
+import torch
+from torch import nn
+
+def build(width: int, depth: int = 1):
+    return nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 4))
+
+def example_batch(batch_size: int):
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(batch_size, 6, generator=g), torch.randint(0, 4, (batch_size,), generator=g)
+'''
+
+
+@pytest.mark.parametrize("spec,opt", [("mup", "sgd"), ("mup", "adam"), ("sp", "sgd")])
+def test_cli_against_dense_hessian_of_saved_state(tmp_path, spec, opt):
+    import json
+
+    from click.testing import CliRunner
+
+    from mupdsl.cli import main
+    from mupdsl.compile import compile_model
+
+    torch.set_default_dtype(torch.float32)
+    path = tmp_path / "small.py"
+    path.write_text(SMALL_MODEL)
+    state = tmp_path / "state.pt"
+    eta0 = "0.05" if opt == "sgd" else "0.001"
+    args = ["sharpness", spec, str(path), "--width", "12", "--base-width", "6", "-o", opt, "--set", f"eta0={eta0}",
+            "--batch-size", "16", "--train-steps", "3", "--top-k", "3", "--json", "--save-state", str(state)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) >= {"sharpness", "eigenvalues", "eos_threshold", "hvps", "residual", "converged", "trace",
+                        "directional"}
+    assert doc["converged"] and doc["hvps"] > 0
+    compiled = compile_model(spec, str(path), width=12, base_width=6, optimizer=opt, overrides={"eta0": eta0})
+    compiled.model.load_state_dict(torch.load(state))
+    model = compiled.model.double()
+    x, y = __import__("importlib").import_module("runpy").run_path(str(path))["example_batch"](16)
+    batch = Batch((x.double(),), y)
+    op, flat, f, H = dense(model, batch)
+    exact = torch.linalg.eigvalsh(H).flip(0)[:3]
+    assert torch.allclose(torch.tensor(doc["unpreconditioned"]["eigenvalues"], dtype=torch.float64), exact, rtol=1e-3)
+    if opt == "sgd":  # S² = lr_p / eta0 from the saved plan
+        plan = json.loads((tmp_path / "state.pt.plan.json").read_text())
+        lr = {t["name"]: t["lr"] for t in plan["tensors"]}
+        d = torch.cat([torch.full((model.get_parameter(n).numel(),), lr[n] / float(eta0)) for n in op.names])
+        S = d.sqrt()
+        pre = torch.linalg.eigvalsh(S[:, None] * H * S[None, :]).flip(0)[:3]
+        assert torch.allclose(torch.tensor(doc["eigenvalues"], dtype=torch.float64), pre, rtol=1e-3)
+        assert doc["eos_threshold"] == pytest.approx(2 / float(eta0))

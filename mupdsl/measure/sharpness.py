@@ -13,7 +13,6 @@ uᵀAu/‖u‖² along the preconditioned gradient u = S g (seed 002 App. I), an
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -141,5 +140,17 @@ class SharpnessTracker:
         return result
 
 
-def finite(x: float) -> bool:
-    return math.isfinite(x)
+def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any
+                     ) -> SharpnessResult:
+    """Sharpness of a compiled model: S from its plan (and from ``optimizer``'s state for Adam), with the EoS
+    threshold of its optimizer."""
+    plan = compiled.plan
+    kind = plan.optimizer
+    eta0 = plan.hypers.get("eta0")
+    if eta0 is None or eta0 <= 0:
+        raise ValueError("the spec has no positive eta0 to normalise the learning rates by")
+    names = [t.name for t in plan.tensors]
+    lrs = {t.name: t.lr for t in plan.tensors}
+    scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
+    beta1 = optimizer.param_groups[0].get("betas", (0.9, 0.999))[0] if optimizer is not None else 0.9
+    return measure(compiled.model, batch, names=names, scale=scale, eos=eos_threshold(kind, eta0, beta1), **kwargs)
