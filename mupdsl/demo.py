@@ -1,5 +1,7 @@
-"""The README's main job on an embedded default: every preset checked and explained, two presets compiled onto
-reference models with their plans written — a small real run on CPU. Each result is written as it is produced."""
+"""The README's main job on an embedded default, a small real run on CPU: every preset checked and explained;
+presets compiled onto reference models (plans written); coordinate checks of µP, SP and NTP on the MLP (verdicts
+and figures); the preconditioned sharpness of µP and SP across widths along a short MNIST-1D run (table and
+figure). Each result is written as it is produced."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
     def save() -> None:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
-    say(f"[1/2] checking and explaining {len(preset_names())} presets")
+    say(f"[1/4] checking and explaining {len(preset_names())} presets")
     lines = []
     for name in preset_names():
         start = time.perf_counter()
@@ -49,7 +51,7 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
 
     from .compile import compile_model  # noqa: PLC0415 - torch only from here on
 
-    say(f"[2/2] compiling {len(COMPILES)} presets onto reference models")
+    say(f"[2/4] compiling {len(COMPILES)} presets onto reference models")
     for spec_name, model, kwargs in COMPILES:
         start = time.perf_counter()
         compiled = compile_model(spec_name, model, **kwargs)
@@ -68,5 +70,76 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
         say(f"  {spec_name} on {model} ({kwargs['optimizer']}, width {kwargs['width']}): {len(plan.tensors)} tensors "
             f"{roles}, {len(plan.residual_blocks)} residual blocks (k = {sorted({b.k for b in plan.residual_blocks})}), "
             f"{len(plan.attention)} attention sites, {seconds:.2f} s -> {target}")
+    from .measure import coordcheck  # noqa: PLC0415
+
+    say("[3/4] coordinate checks on the MLP (widths 64-512, 4 steps, 3 seeds, MNIST-1D batch)")
+    summary["coordcheck"] = {}
+    for spec_name in ("mup", "sp", "ntp"):
+        for opt in ("sgd", "adam"):
+            result = coordcheck(spec_name, "mupdsl.models.mlp", optimizer=opt, data="mnist1d", seeds=3)
+            figure = out / f"coord_{spec_name}_{opt}.png"
+            result.plot(figure)
+            symptoms = sorted({f["symptom"] for f in result.failures})
+            summary["coordcheck"][f"{spec_name}/{opt}"] = {"verdict": result.verdict, "symptoms": symptoms,
+                                                           "figure": figure.name}
+            save()
+            say(f"  {spec_name:4s} {opt:5s} {result.verdict}" + (f" ({', '.join(symptoms)})" if symptoms else "")
+                + f" -> {figure}")
+
+    say("[4/4] sharpness of S H S along 40 SGD steps on MNIST-1D, widths 64/128/256 (µP vs SP)")
+    summary["sharpness"] = sharpness_demo(out, say)
+    save()
     say(f"done: results in {out}/")
     return summary
+
+
+def sharpness_demo(out: Path, say: Callable[[str], None]) -> dict:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from .compile import compile_model  # noqa: PLC0415
+    from .data import mnist1d  # noqa: PLC0415
+    from .measure.hvp import Batch  # noqa: PLC0415
+    from .measure.losses import task_loss  # noqa: PLC0415
+    from .measure.sharpness import SharpnessTracker, eos_threshold  # noqa: PLC0415
+
+    x, y, _, _ = mnist1d(num_samples=2000)
+    batch = Batch((x[:256],), y[:256])
+    eta0, steps, every = 0.2, 40, 5
+    curves: dict = {}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, spec_name in zip(axes, ("mup", "sp")):
+        for width in (64, 128, 256):
+            compiled = compile_model(spec_name, "mupdsl.models.mlp", width=width, base_width=64,
+                                     overrides={"eta0": eta0}, seed=0)
+            opt = compiled.optimizer()
+            tracker = SharpnessTracker(tol=1e-3)
+            names = [t.name for t in compiled.plan.tensors]
+            from .measure.sharpness import preconditioner  # noqa: PLC0415
+            points = []
+            for step in range(steps + 1):
+                if step % every == 0:
+                    scale = preconditioner(compiled.model, names, {t.name: t.lr for t in compiled.plan.tensors}, eta0)
+                    r = tracker(compiled.model, batch, scale=scale, names=names)
+                    points.append((step, r.sharpness, r.hvps))
+                loss = task_loss(compiled(x[:256]), y[:256])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            curves[f"{spec_name}/{width}"] = points
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=f"width {width}")
+            say(f"  {spec_name:4s} width {width}: sharpness " + ", ".join(f"{p[1]:.3g}" for p in points[::2])
+                + f" (median {sorted(p[2] for p in points)[len(points) // 2]} HVPs per measurement)")
+        ax.axhline(eos_threshold("sgd", eta0), ls="--", color="gray", lw=1, label="EoS 2/η0")
+        ax.set_title(f"{spec_name}: λmax(S H S), SGD η0 = {eta0}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "sharpness.png", dpi=130)
+    plt.close(fig)
+    say(f"  figure -> {out / 'sharpness.png'}")
+    return curves
