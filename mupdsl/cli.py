@@ -450,6 +450,60 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
                 f"({raw.hvps} HVPs)")
 
 
+@main.command("sweep")
+@click.argument("experiment", type=click.Path())
+@click.option("--out", "out_dir", default=None, help="Result folder (default: out/<name>).")
+@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Where trials run (Slurm and Ray engines are not built yet).")
+@click.option("--no-gate", is_flag=True, help="Run even if a gated spec fails its coordinate check.")
+@click.option("--fresh", is_flag=True, help="Delete earlier results instead of resuming.")
+@click.option("--json", "as_json", is_flag=True)
+def sweep_cmd(experiment, out_dir, engine, no_gate, fresh, as_json) -> None:
+    """Run (or resume) a sweep from an experiment file; write the store, figures and report.md."""
+    from .compile import CompileError  # noqa: PLC0415
+    from .sweep import ExperimentError, GateFailed, load_experiment, run, write_report  # noqa: PLC0415
+
+    try:
+        exp = load_experiment(experiment)
+    except ExperimentError as exc:
+        raise BadInput(exc.render()) from None
+    target = Path(out_dir or Path("out") / exp.name)
+    try:
+        summary = run(exp, target, gated=not no_gate, fresh=fresh, say=lambda line: err().print(line))
+    except GateFailed as exc:
+        err().print(f"[bold red]stopped before any trial[/]: specs failing their coordinate check: {exc}")
+        err().print("  list them under `ungated` in the experiment file, or pass --no-gate")
+        sys.exit(1)
+    except (CompileError, SpecError) as exc:
+        raise BadInput(exc.render()) from None
+    report, analysis = write_report(target)
+    doc = {"trials": summary.trials, "ran": summary.ran, "skipped": summary.skipped, "diverged": summary.diverged,
+           "crashed": summary.crashed,
+           "specs": {s: {"eta_star": {str(w): v for w, v in a["eta_star"].items()}, "shift": a["shift"],
+                         "transfer": a["transfer"], "bracketed": a["bracketed"]} for s, a in analysis.items()}}
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    for spec, a in doc["specs"].items():
+        stars = ", ".join(f"{w}: {v:.3g}" for w, v in a["eta_star"].items())
+        edge = "" if a["bracketed"] else " (η* at the grid's edge)"
+        out().print(f"{spec}: η* {stars}; shift {a['shift']:.2f} grid steps: {a['transfer']}{edge}")
+    out().print(f"report: {report}")
+
+
+@main.command("report")
+@click.argument("directory", type=click.Path())
+def report_cmd(directory) -> None:
+    """Write DIRECTORY/report.md (figures beside it) from a sweep's store."""
+    from .sweep import write_report  # noqa: PLC0415
+
+    try:
+        path, _ = write_report(directory)
+    except FileNotFoundError as exc:
+        raise BadInput(f"error: {exc}") from None
+    out().print(f"report: {path}")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True,
               help="Where the demo writes its results.")

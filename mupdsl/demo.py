@@ -29,7 +29,7 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
     def save() -> None:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
-    say(f"[1/4] checking and explaining {len(preset_names())} presets")
+    say(f"[1/5] checking and explaining {len(preset_names())} presets")
     lines = []
     for name in preset_names():
         start = time.perf_counter()
@@ -51,7 +51,7 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
 
     from .compile import compile_model  # noqa: PLC0415 - torch only from here on
 
-    say(f"[2/4] compiling {len(COMPILES)} presets onto reference models")
+    say(f"[2/5] compiling {len(COMPILES)} presets onto reference models")
     for spec_name, model, kwargs in COMPILES:
         start = time.perf_counter()
         compiled = compile_model(spec_name, model, **kwargs)
@@ -72,7 +72,7 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
             f"{len(plan.attention)} attention sites, {seconds:.2f} s -> {target}")
     from .measure import coordcheck  # noqa: PLC0415
 
-    say("[3/4] coordinate checks on the MLP (widths 64-512, 4 steps, 3 seeds, MNIST-1D batch)")
+    say("[3/5] coordinate checks on the MLP (widths 64-512, 4 steps, 3 seeds, MNIST-1D batch)")
     summary["coordcheck"] = {}
     for spec_name in ("mup", "sp", "ntp"):
         for opt in ("sgd", "adam"):
@@ -86,9 +86,26 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
             say(f"  {spec_name:4s} {opt:5s} {result.verdict}" + (f" ({', '.join(symptoms)})" if symptoms else "")
                 + f" -> {figure}")
 
-    say("[4/4] sharpness of S H S along 40 SGD steps on MNIST-1D, widths 64/128/256 (µP vs SP)")
+    say("[4/5] sharpness of S H S along 40 SGD steps on MNIST-1D, widths 64/128/256 (µP vs SP)")
     summary["sharpness"] = sharpness_demo(out, say)
     save()
+
+    from .sweep import load_experiment, run as run_sweep, write_report  # noqa: PLC0415
+
+    experiment = Path(__file__).resolve().parent.parent / "runners" / "demo.toml"
+    say(f"[5/5] learning-rate transfer sweep {experiment.name}: µP vs SP vs NTP, MLP on MNIST-1D, Adam "
+        "(resumes if interrupted)")
+    exp = load_experiment(experiment)
+    counts = run_sweep(exp, out / "sweep", say=lambda line: say("  " + line))
+    report, analysis = write_report(out / "sweep")
+    summary["sweep"] = {"trials": counts.trials, "ran": counts.ran, "report": str(report),
+                        "specs": {s: {"eta_star": a["eta_star"], "shift": a["shift"], "transfer": a["transfer"]}
+                                  for s, a in analysis.items()}}
+    save()
+    for spec, a in analysis.items():
+        stars = ", ".join(f"{w}: {v:.3g}" for w, v in a["eta_star"].items())
+        say(f"  {spec}: η* {stars}; shift {a['shift']:.2f} grid steps: {a['transfer']}")
+    say(f"  report -> {report}")
     say(f"done: results in {out}/")
     return summary
 

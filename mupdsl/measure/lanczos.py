@@ -49,20 +49,22 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 1, *,
         q = sum(s.to(device=device, dtype=dtype) / (s.norm() + 1e-30) for s in starts)
         q = q + 1e-3 * noise / noise.norm()  # keeps every direction reachable
     q = q / q.norm()
-    basis = [q]
+    steps = min(max_iter, dim)
+    Q = torch.empty(steps + 1, dim, device=device, dtype=dtype)  # rows: the Lanczos basis, filled in place
+    Q[0] = q
     alphas: list[float] = []
     betas: list[float] = []
     hvps = 0
     values, vecs_t, residuals = [0.0], None, [float("inf")]
     converged = False
-    for j in range(min(max_iter, dim)):
-        w = op(basis[j])
+    for j in range(steps):
+        w = op(Q[j])
         hvps += 1
-        alpha = float(torch.dot(w, basis[j]))
+        alpha = float(torch.dot(w, Q[j]))
         alphas.append(alpha)
-        Q = torch.stack(basis, dim=1)
+        basis = Q[: j + 1]
         for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
-            w = w - Q @ (Q.T @ w)
+            w = w - basis.T @ (basis @ w)
         beta = float(w.norm())
         T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if betas:
@@ -83,7 +85,7 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 1, *,
             converged = len(alphas) >= k
             break
         betas.append(beta)
-        basis.append(w / beta)
-    Q = torch.stack(basis[: vecs_t.shape[0]], dim=1)
-    vectors = [Q @ vecs_t[:, i].to(dtype=Q.dtype, device=Q.device) for i in range(vecs_t.shape[1])]
+        Q[j + 1] = w / beta
+    basis = Q[: vecs_t.shape[0]]
+    vectors = [basis.T @ vecs_t[:, i].to(dtype=Q.dtype, device=Q.device) for i in range(vecs_t.shape[1])]
     return Eigen(values, vectors, residuals, hvps, converged)

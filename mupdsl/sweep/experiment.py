@@ -1,0 +1,136 @@
+"""Experiment files (TOML in ``runners/``), validated with pydantic; errors name the file, the key and its line.
+
+```toml
+name = "demo"
+specs = ["mup", "sp"]
+model = "mupdsl.models.mlp"
+dataset = "mnist1d"
+widths = [64, 128, 256]
+base_width = 64
+optimizer = "sgd"
+lrs = { min = 0.01, max = 10.0, num = 9 }     # a log grid; or an explicit list: lrs = [0.01, 0.1, 1.0]
+seeds = [0]
+steps = 200
+batch_size = 64
+ungated = ["sp"]
+
+[measure]
+sharpness_every = 20
+eval_every = 20
+```
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ExperimentError(Exception):
+    """A bad experiment file: ``file:line: key: message``."""
+
+    def __init__(self, path: str, line: int, key: str, message: str) -> None:
+        super().__init__(f"{path}:{line}: {key}: {message}")
+        self.path, self.line, self.key, self.message = path, line, key, message
+
+    def render(self) -> str:
+        return f"{self.path}:{self.line}: error: {self.key}: {self.message}"
+
+
+class LogGrid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min: float = Field(gt=0)
+    max: float = Field(gt=0)
+    num: int = Field(ge=2)
+
+    def values(self) -> list[float]:
+        a, b = math.log(self.min), math.log(self.max)
+        return [math.exp(a + (b - a) * i / (self.num - 1)) for i in range(self.num)]
+
+
+class Measure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sharpness_every: int = Field(0, ge=0)
+    top_k: int = Field(1, ge=1)
+    eval_every: int = Field(10, ge=1)
+    tol: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    specs: list[str] = Field(min_length=1)
+    model: str
+    dataset: Literal["mnist1d", "teacher"] = "mnist1d"
+    widths: list[int] = Field(min_length=1)
+    base_width: int | None = None
+    depth: int | None = None
+    base_depth: int | None = None
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lrs: list[float] | LogGrid
+    seeds: list[int] = [0]
+    gammas: list[float] = []
+    gamma_name: str = "gamma0"
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    warmup: int = Field(0, ge=0)
+    ungated: list[str] = []
+    device: str = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    coordcheck_widths: list[int] = []
+    measure: Measure = Measure()
+    num_samples: int = Field(4000, ge=100)
+
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, widths: list[int]) -> list[int]:
+        if any(w <= 0 for w in widths):
+            raise ValueError("widths must be positive")
+        return sorted(widths)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Experiment":
+        unknown = set(self.ungated) - set(self.specs)
+        if unknown:
+            raise ValueError(f"ungated names specs that are not in specs: {', '.join(sorted(unknown))}")
+        return self
+
+    def lr_values(self) -> list[float]:
+        return sorted(self.lrs.values() if isinstance(self.lrs, LogGrid) else self.lrs)
+
+
+def _line_of(text: str, key: str) -> int:
+    leaf = key.split(".")[-1]
+    match = re.search(rf"^\s*{re.escape(leaf)}\s*=", text, re.MULTILINE)
+    if match is None and "." in key:
+        match = re.search(rf"^\s*\[{re.escape(key.split('.')[0])}\]", text, re.MULTILINE)
+    return text[: match.start()].count("\n") + 1 if match else 1
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ExperimentError(str(path), 0, "file", exc.strerror or "cannot read") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"line (\d+)", str(exc))
+        line = int(found.group(1)) if found else max(len(text.splitlines()), 1)
+        raise ExperimentError(str(path), line, "syntax", str(exc).split(" (at")[0]) from None
+    data.update(overrides or {})
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "experiment"
+        key = key.split(".LogGrid")[0].replace(".list[float]", "")
+        raise ExperimentError(str(path), _line_of(text, key), key, err["msg"]) from None

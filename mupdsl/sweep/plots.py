@@ -1,0 +1,56 @@
+"""Figures of a sweep: the seed 002 Fig. 1 triptych per spec — sharpness vs step per width with the EoS line,
+loss vs step, final loss vs learning rate per width (log₂ axis, η* marked)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Path) -> Path:
+    widths = sorted({t["width"] for t in trials})
+    colors = {w: plt.get_cmap("viridis")(i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
+    star = analysis["eta_star"]
+    base = widths[0]
+    lrs = sorted({t["lr"] for t in trials})
+    shown_lr = min(lrs, key=lambda lr: abs(math.log(lr) - math.log(star[base]))) if math.isfinite(star[base]) else lrs[0]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for w in widths:
+        pick = [t for t in trials if t["width"] == w and t["lr"] == shown_lr and t["status"] != "crashed"]
+        if pick:
+            c = curves_of(pick[0]["id"])
+            if len(c.get("sharpness", [])):
+                axes[0].plot(c["sharp_step"], c["sharpness"], marker="o", ms=3, color=colors[w], label=f"width {w}")
+            if len(c.get("loss", [])):
+                axes[1].plot(np.arange(len(c["loss"])), c["loss"], color=colors[w], lw=1, label=f"width {w}")
+            if "eos" in c:
+                axes[0].axhline(float(c["eos"][0]), ls="--", color="gray", lw=1)
+        xs = sorted(analysis["losses"][w])
+        ys = [analysis["losses"][w][lr] for lr in xs]
+        axes[2].plot(xs, [y if math.isfinite(y) else np.nan for y in ys], marker="o", ms=3, color=colors[w],
+                     label=f"width {w}")
+        if math.isfinite(star[w]):
+            axes[2].axvline(star[w], color=colors[w], ls=":", lw=1)
+    axes[0].set_title(f"λmax(S H S) at lr {shown_lr:.3g} (dashed: EoS)", fontsize=9)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[1].set_title(f"train loss at lr {shown_lr:.3g}", fontsize=9)
+    axes[1].set_xlabel("step")
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_title(f"final loss vs lr — η* shift {analysis['shift']:.2f} grid steps: {analysis['transfer']}",
+                      fontsize=9)
+    axes[2].set_xlabel("learning rate η0")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.2)
+    fig.suptitle(spec, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

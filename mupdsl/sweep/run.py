@@ -1,0 +1,206 @@
+"""The sweep pipeline (design.md §5): gate every spec with a coordinate check, plan every trial with a
+deterministic id, run what is not in the store yet (resume = plan − done), store each finished trial at once.
+
+This engine runs trials one at a time on this machine; grouped (vmapped) trials and the Slurm/Ray engines are not
+built yet (see the sweep issue).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..compile import compile_model, load_factory
+from ..measure import coordcheck
+from ..measure.hvp import Batch
+from ..measure.losses import task_loss
+from ..measure.sharpness import SharpnessTracker, eos_threshold, preconditioner
+from ..spec import load_spec
+from .experiment import Experiment
+from .store import Store
+
+DIVERGED_FACTOR = 1e3
+"""A loss this many times the initial one (or non-finite) ends a trial as diverged."""
+
+
+class GateFailed(Exception):
+    def __init__(self, failures: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{s}: {d}" for s, d in failures.items()))
+        self.failures = failures
+
+
+@dataclass
+class SweepSummary:
+    trials: int
+    ran: int
+    skipped: int
+    diverged: int
+    crashed: int
+
+
+def plan_trials(exp: Experiment) -> list[dict[str, Any]]:
+    """Every (spec, width, lr, seed, gamma) with a deterministic id (a hash of everything that shapes its result)."""
+    trials = []
+    gammas = exp.gammas or [None]
+    for spec in exp.specs:
+        for width in exp.widths:
+            for lr in exp.lr_values():
+                for seed in exp.seeds:
+                    for gamma in gammas:
+                        key = dict(spec=spec, model=exp.model, dataset=exp.dataset, width=width,
+                                   base_width=exp.base_width or exp.widths[0], depth=exp.depth,
+                                   base_depth=exp.base_depth, optimizer=exp.optimizer, lr=lr, seed=seed, gamma=gamma,
+                                   gamma_name=exp.gamma_name, steps=exp.steps, batch_size=exp.batch_size,
+                                   warmup=exp.warmup, dtype=exp.dtype, measure=exp.measure.model_dump(),
+                                   num_samples=exp.num_samples)
+                        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+                        trials.append({"id": digest, **key})
+    return trials
+
+
+def _data(exp: Experiment):
+    if exp.dataset == "mnist1d":
+        from ..data import mnist1d  # noqa: PLC0415
+
+        return mnist1d(num_samples=exp.num_samples)
+    from ..data import teacher  # noqa: PLC0415
+
+    x, y = teacher(exp.num_samples)
+    cut = int(0.8 * len(y))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def _device(exp: Experiment) -> torch.device:
+    if exp.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(exp.device)
+
+
+def gate(exp: Experiment, store: Store, say: Callable[[str], None]) -> dict[str, str]:
+    """Coordinate-check every spec (results kept in the store); returns the failing gated specs."""
+    done = store.gates()
+    failures = {}
+    widths = tuple(exp.coordcheck_widths or exp.widths[:4])
+    if len(widths) < 2:
+        widths = (widths[0], 2 * widths[0])
+    for spec in exp.specs:
+        if spec not in done:
+            result = coordcheck(spec, exp.model, widths=widths, optimizer=exp.optimizer, seeds=2,
+                                depth=exp.depth, base_depth=exp.base_depth,
+                                data="mnist1d" if exp.dataset == "mnist1d" else "example")
+            detail = "; ".join(f"{f['key']} t={f['step']} {f['symptom']} ({f['slope']:+.2f})"
+                               for f in result.failures[:5])
+            store.record_gate(spec, result.verdict, detail)
+            done[spec] = (result.verdict, detail)
+        verdict, detail = done[spec]
+        say(f"coordcheck {spec}: {verdict}" + (f" — {detail}" if detail else "")
+            + (" (ungated)" if spec in exp.ungated else ""))
+        if verdict != "PASS" and spec not in exp.ungated:
+            failures[spec] = detail
+    return failures
+
+
+def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device) -> tuple[str, dict, float, float]:
+    """Train one trial; returns (status, curves, final train loss, final eval loss)."""
+    x_train, y_train, x_test, y_test = data
+    overrides = {"eta0": trial["lr"]}
+    if trial["gamma"] is not None:
+        overrides[trial["gamma_name"]] = trial["gamma"]
+    dtype = torch.float64 if exp.dtype == "float64" else torch.float32
+    spec = load_spec(trial["spec"], overrides)
+    compiled = compile_model(spec, exp.model, width=trial["width"], base_width=trial["base_width"],
+                             depth=exp.depth, base_depth=exp.base_depth, optimizer=exp.optimizer, seed=trial["seed"])
+    model = compiled.model.to(device=device, dtype=dtype)
+    opt = compiled.optimizer()
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    names = [t.name for t in compiled.plan.tensors]
+    lrs = {t.name: t.lr for t in compiled.plan.tensors}
+    g = torch.Generator().manual_seed(trial["seed"])
+    m = exp.measure
+    measure_batch = Batch((x_train[: m.batch_size].to(device, dtype),), y_train[: m.batch_size].to(device))
+    tracker = SharpnessTracker(tol=m.tol, top_k=m.top_k)
+    curves: dict[str, list] = {k: [] for k in ("loss", "eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")}
+    status, first = "done", None
+    for step in range(exp.steps):
+        if exp.warmup:
+            for group, lr in zip(opt.param_groups, base_lrs):
+                group["lr"] = lr * min(1.0, (step + 1) / exp.warmup)
+        if m.sharpness_every and step % m.sharpness_every == 0:
+            scale = preconditioner(model, names, lrs, trial["lr"], opt if exp.optimizer != "sgd" else None,
+                                   exp.optimizer) if (exp.optimizer == "sgd" or step > 0) else None
+            if scale is not None:
+                r = tracker(model, measure_batch, scale=scale, names=names)
+                curves["sharp_step"].append(step)
+                curves["sharpness"].append(r.sharpness)
+                curves["hvps"].append(r.hvps)
+        idx = torch.randint(0, len(y_train), (exp.batch_size,), generator=g)
+        loss = task_loss(model(x_train[idx].to(device, dtype)), y_train[idx].to(device))
+        value = loss.item()
+        curves["loss"].append(value)
+        first = value if first is None else first
+        if not math.isfinite(value) or value > DIVERGED_FACTOR * max(first, 1e-8):
+            status = "diverged"
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % m.eval_every == 0 or step + 1 == exp.steps:
+            with torch.no_grad():
+                curves["eval_step"].append(step + 1)
+                curves["eval_loss"].append(task_loss(model(x_test.to(device, dtype)), y_test.to(device)).item())
+    tail = curves["loss"][-max(1, exp.steps // 10):]
+    final = float(np.mean(tail)) if status == "done" else math.inf
+    final_eval = curves["eval_loss"][-1] if curves["eval_loss"] and status == "done" else math.inf
+    arrays = {k: np.asarray(v, dtype=float) for k, v in curves.items()}
+    arrays["eos"] = np.asarray([eos_threshold(exp.optimizer, trial["lr"])])
+    return status, arrays, final, final_eval
+
+
+def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
+        say: Callable[[str], None] = print) -> SweepSummary:
+    """Run (or resume) the sweep into ``out_dir``."""
+    import shutil  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    out = Path(out_dir)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    store = Store(out)
+    (out / "experiment.json").write_text(exp.model_dump_json(indent=1))
+    load_factory(exp.model)  # a bad model fails here, before any work
+    failures = gate(exp, store, say)
+    if failures and gated:
+        store.close()
+        raise GateFailed(failures)
+    trials = plan_trials(exp)
+    done = store.done_ids()
+    todo = [t for t in trials if t["id"] not in done]
+    say(f"{len(trials)} trials planned, {len(trials) - len(todo)} already done, {len(todo)} to run")
+    data = _data(exp)
+    device = _device(exp)
+    ran = diverged = crashed = 0
+    for i, trial in enumerate(todo, 1):
+        start = time.perf_counter()
+        try:
+            status, curves, final, final_eval = run_trial(exp, trial, data, device)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - a crashed trial is a result; the sweep goes on
+            status, curves, final, final_eval = "crashed", {}, None, None
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        seconds = time.perf_counter() - start
+        store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error, seconds=seconds)
+        ran += 1
+        diverged += status == "diverged"
+        crashed += status == "crashed"
+        say(f"[{i}/{len(todo)}] {trial['spec']} width {trial['width']} lr {trial['lr']:.4g} seed {trial['seed']}: "
+            f"{status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.1f} s)")
+    store.close()
+    return SweepSummary(len(trials), ran, len(trials) - len(todo), diverged, crashed)

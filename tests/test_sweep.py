@@ -1,0 +1,146 @@
+"""The sweep: experiment errors, η* analysis on known curves, resume after SIGKILL, diverged and crashed trials,
+the report with its figures."""
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mupdsl.sweep import ExperimentError, load_experiment, plan_trials, run, write_report
+from mupdsl.sweep.analysis import eta_star, transfer
+
+TINY = """
+name = "tiny"
+specs = ["mup", "sp"]
+ungated = ["sp"]
+model = "mupdsl.models.mlp"
+dataset = "teacher"
+widths = [16, 32]
+coordcheck_widths = [64, 128, 256]
+lrs = [0.05, 0.2, 0.8]
+steps = 15
+batch_size = 16
+num_samples = 400
+[measure]
+sharpness_every = 5
+eval_every = 5
+batch_size = 32
+"""
+
+
+def write(tmp_path, text, name="exp.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text,key,line", [
+    ('name = "x"\nspecs = ["mup"]\nmodel = "m"\nwidths = [16, -3]\nlrs = [0.1]\n', "widths", 4),
+    ('name = "x"\nspecs = ["mup"]\nmodel = "m"\nwidths = [16]\nlrs = [0.1]\nstepz = 3\n', "stepz", 6),
+    ('name = "x"\nspecs = ["mup"]\nmodel = "m"\nwidths = [16]\n', "lrs", 1),
+    ('name = "x"\nspecs = ["mup"]\nmodel = "m"\nwidths = [16]\nlrs = [0.1]\n[measure]\ntop_k = 0\n', "measure.top_k", 7),
+    ('name = "x"\nspecs = ["mup"\n', "syntax", 2),
+])
+def test_experiment_errors_name_file_key_and_line(tmp_path, text, key, line):
+    with pytest.raises(ExperimentError) as info:
+        load_experiment(write(tmp_path, text))
+    assert info.value.key == key and info.value.line == line, info.value.render()
+    assert info.value.render().startswith(f"{tmp_path / 'exp.toml'}:{line}: error: {key}")
+
+
+def test_eta_star_on_known_curves():
+    lrs = [2.0 ** k for k in range(-8, 1)]
+    for true in (2.0 ** -5.3, 2.0 ** -2.5):
+        losses = [(math.log(lr) - math.log(true)) ** 2 + 1 for lr in lrs]
+        assert eta_star(lrs, losses) == pytest.approx(true, rel=1e-9)   # exact for a parabola in log η
+    losses = [1.0] * 8 + [math.inf]
+    assert min(abs(eta_star(lrs, losses) - lr) for lr in lrs) < 1e-12   # a grid point when flat
+    trials = [{"spec": "a", "width": w, "lr": lr, "status": "done", "seed": 0,
+               "final_loss": (math.log(lr) - math.log(2.0 ** -4 * (1 if s == "a" else w / 16))) ** 2}
+              for s in ("a", "b") for w in (16, 64, 256) for lr in lrs]
+    for t in trials[len(trials) // 2:]:
+        t["spec"] = "b"
+    result = transfer(trials)
+    assert result["a"]["shift"] == pytest.approx(0.0, abs=1e-9) and result["a"]["transfer"] == "PASS"
+    assert result["b"]["shift"] == pytest.approx(4.0, rel=1e-6) and result["b"]["transfer"] == "FAIL"
+
+
+def test_run_resume_diverged_and_report(tmp_path):
+    exp = load_experiment(write(tmp_path, TINY.replace("[0.05, 0.2, 0.8]", "[0.05, 0.2, 500.0]")))
+    out = tmp_path / "out"
+    lines = []
+    summary = run(exp, out, say=lines.append)
+    assert summary.trials == 12 and summary.ran == 12 and summary.diverged >= 1
+    again = run(exp, out, say=lines.append)
+    assert again.ran == 0 and again.skipped == 12
+    report, analysis = write_report(out)
+    text = report.read_text()
+    assert "| mup | PASS" in text and "fig_mup.png" in text
+    assert (out / "fig_mup.png").stat().st_size > 10_000 and (out / "fig_sp.png").exists()
+    assert set(analysis) == {"mup", "sp"}
+
+
+def test_crashed_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    model = tmp_path / "fragile.py"
+    model.write_text("from mupdsl.models.mlp import MLP, example_batch\n"
+                     "def build(width: int, depth: int = 1):\n"
+                     "    if width == 48:\n        raise RuntimeError('no kernel for 48')\n"
+                     "    return MLP(width, depth)\n")
+    text = TINY.replace('"mupdsl.models.mlp"', f'"{model}"').replace("[16, 32]", "[16, 48]").replace(
+        'specs = ["mup", "sp"]\nungated = ["sp"]', 'specs = ["sp"]\nungated = ["sp"]')
+    exp = load_experiment(write(tmp_path, text))
+    summary = run(exp, tmp_path / "out", say=lambda _: None)
+    assert summary.crashed == 3 and summary.ran == 6
+    con = sqlite3.connect(tmp_path / "out" / "index.sqlite")
+    errors = [row[0] for row in con.execute("SELECT error FROM trials WHERE status = 'crashed'")]
+    assert len(errors) == 3 and all("no kernel for 48" in e for e in errors)
+
+
+def test_sigkill_mid_sweep_then_resume(tmp_path):
+    exp_path = write(tmp_path, TINY.replace("steps = 15", "steps = 60").replace("[0.05, 0.2, 0.8]",
+                                                                              "[0.02, 0.05, 0.1, 0.2, 0.4, 0.8]"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mupdsl.cli", "sweep", str(exp_path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = out / "index.sqlite"
+    deadline = time.time() + 240
+    done_before = []
+    while time.time() < deadline:
+        if db.exists():
+            try:
+                done_before = [r for r in sqlite3.connect(db).execute("SELECT id, seconds FROM trials")]
+            except sqlite3.OperationalError:
+                pass
+        if len(done_before) >= 3:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(done_before) < 24
+    done_before = dict(sqlite3.connect(db).execute("SELECT id, seconds FROM trials").fetchall())
+    result = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["trials"] == 24 and doc["skipped"] == len(done_before) and doc["ran"] == 24 - len(done_before)
+    after = dict(sqlite3.connect(db).execute("SELECT id, seconds FROM trials").fetchall())
+    assert len(after) == 24
+    assert all(after[k] == v for k, v in done_before.items())   # finished trials kept, not re-run
+    assert {t["id"] for t in plan_trials(load_experiment(exp_path))} == set(after)
+
+
+def test_gate_stops_the_sweep(tmp_path):
+    from click.testing import CliRunner
+
+    from mupdsl.cli import main
+    exp = write(tmp_path, TINY.replace('ungated = ["sp"]', "ungated = []"))
+    result = CliRunner().invoke(main, ["sweep", str(exp), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "stopped before any trial" in result.output
+    con = sqlite3.connect(tmp_path / "out" / "index.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 0
