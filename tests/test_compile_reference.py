@@ -13,12 +13,7 @@ from mupdsl.models import mlp
 D, CLASSES = 40, 10
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def batch(n=16, seed=1):

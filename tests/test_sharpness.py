@@ -14,12 +14,7 @@ from mupdsl.measure.ntk import jacobian, ntk_eigenvalues
 from mupdsl.measure.sharpness import PreconditionedOperator, eos_threshold, measure, preconditioner
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 class TinyAttention(nn.Module):

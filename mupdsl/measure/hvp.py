@@ -130,22 +130,22 @@ class HessianOperator:
         with self._context(), torch.no_grad():
             return float(sum(self._loss_of(self.params, b) for b in self.batches))
 
-    def gradient(self) -> torch.Tensor:
+    def _accumulate(self, per_batch: Callable[[Batch], dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Σ over micro-batches of a per-batch quantity (each already weighted by its share of the batch)."""
         with self._context():
             total = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
             for b in self.batches:
-                total += self.flatten(grad(self._loss_of)(self.params, b))
+                total += self.flatten(per_batch(b))
         return total
+
+    def gradient(self) -> torch.Tensor:
+        return self._accumulate(lambda b: grad(self._loss_of)(self.params, b))
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H v (counts one HVP)."""
         self.hvps += 1
         tangent = self.unflatten(v.to(self.dtype))
-        with self._context():
-            total = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
-            for b in self.batches:
-                total += self.flatten(self._hvp_one(tangent, b))
-        return total
+        return self._accumulate(lambda b: self._hvp_one(tangent, b))
 
     __call__ = hvp
 
@@ -166,23 +166,18 @@ class HessianOperator:
         """G v = Jᵀ H_ℓ J v, with J the Jacobian of the outputs and H_ℓ the loss's Hessian in the outputs."""
         self.hvps += 1
         tangent = self.unflatten(v.to(self.dtype))
-        with self._context():
-            total = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
-            for b in self.batches:
-                buffers = self._buffers()
+        return self._accumulate(lambda b: self._gnvp_one(tangent, b))
 
-                def outputs(p, b=b, buffers=buffers):
-                    return logits_of(functional_call(self.model, (p, buffers), b.inputs))
+    def _gnvp_one(self, tangent: dict[str, torch.Tensor], b: Batch) -> dict[str, torch.Tensor]:
+        buffers = self._buffers()
 
-                out, jv = jvp(outputs, (self.params,), (tangent,))
-                scale = b.targets.shape[0] / self.total
+        def outputs(p):
+            return logits_of(functional_call(self.model, (p, buffers), b.inputs))
 
-                def loss_out(o, b=b):
-                    return self.loss(o, b.targets) * scale
-
-                o = out.detach().requires_grad_(True)  # H_ℓ u in the outputs: small, by double backward
-                (g_out,) = torch.autograd.grad(loss_out(o), o, create_graph=True)
-                (hjv,) = torch.autograd.grad(g_out, o, grad_outputs=jv)
-                _, pullback = vjp(outputs, self.params)
-                total += self.flatten(pullback(hjv)[0])
-        return total
+        out, jv = jvp(outputs, (self.params,), (tangent,))
+        o = out.detach().requires_grad_(True)  # H_ℓ u in the outputs: small, by double backward
+        loss = self.loss(o, b.targets) * (b.targets.shape[0] / self.total)
+        (g_out,) = torch.autograd.grad(loss, o, create_graph=True)
+        (hjv,) = torch.autograd.grad(g_out, o, grad_outputs=jv)
+        _, pullback = vjp(outputs, self.params)
+        return pullback(hjv)[0]
