@@ -144,3 +144,27 @@ def test_gate_stops_the_sweep(tmp_path):
     assert result.exit_code == 1 and "stopped before any trial" in result.output
     con = sqlite3.connect(tmp_path / "out" / "index.sqlite")
     assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_grouped_equals_one_at_a_time(tmp_path, optimizer):
+    import numpy as np
+    import torch
+
+    from mupdsl.sweep.grouped import run_group
+    from mupdsl.sweep.run import _data, run_trial
+
+    text = TINY.replace("steps = 15", "steps = 20").replace('optimizer = "sgd"', "")
+    text = text.replace('dataset = "teacher"', f'dataset = "teacher"\noptimizer = "{optimizer}"\nseeds = [0, 1]')
+    if optimizer == "adam":
+        text = text.replace("[0.05, 0.2, 0.8]", "[0.001, 0.01, 0.05]")
+    exp = load_experiment(write(tmp_path, text))
+    data = _data(exp)
+    group = [t for t in plan_trials(exp) if t["spec"] == "mup" and t["width"] == 32]
+    assert len(group) == 6
+    grouped = run_group(exp, group, data, torch.device("cpu"))
+    for trial, (status, curves, final, _) in zip(group, grouped):
+        s, c, f, _ = run_trial(exp, trial, data, torch.device("cpu"))
+        assert status == s
+        np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(curves["sharpness"], c["sharpness"], rtol=1e-3)

@@ -85,6 +85,8 @@ class Experiment(BaseModel):
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     coordcheck_widths: list[int] = []
+    group: bool = True
+    """Train the trials of one (spec, width, γ) as one vmapped model (see sweep/grouped.py)."""
     measure: Measure = Measure()
     num_samples: int = Field(4000, ge=100)
 

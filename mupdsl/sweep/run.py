@@ -1,8 +1,8 @@
 """The sweep pipeline (design.md §5): gate every spec with a coordinate check, plan every trial with a
 deterministic id, run what is not in the store yet (resume = plan − done), store each finished trial at once.
 
-This engine runs trials one at a time on this machine; grouped (vmapped) trials and the Slurm/Ray engines are not
-built yet (see the sweep issue).
+Trials of one shape (spec, width, γ) are trained together as one vmapped model (:mod:`.grouped`), falling back
+to one at a time where vmap cannot apply; the Slurm/Ray engines are not built yet (see the sweep issue).
 """
 
 from __future__ import annotations
@@ -164,6 +164,36 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
     return status, arrays, final, final_eval
 
 
+def _run_members(exp: Experiment, members: list[dict[str, Any]], data, device: torch.device,
+                 say: Callable[[str], None]) -> list[tuple]:
+    """(status, curves, final, final_eval, error, seconds) per trial: grouped where possible, else one at a time."""
+    from .grouped import compile_member, groupable, run_group  # noqa: PLC0415
+
+    if exp.group and len(members) > 1:
+        start = time.perf_counter()
+        try:
+            compiled = [compile_member(exp, t) for t in members]
+            if all(groupable(c) for c in compiled):
+                results = run_group(exp, members, data, device, compiled)
+                each = (time.perf_counter() - start) / len(members)
+                return [(s, c, f, e, None, each) for s, c, f, e in results]
+            say(f"notice: {members[0]['spec']} width {members[0]['width']}: the model has buffers (BatchNorm); "
+                "its trials run one at a time")
+        except Exception as exc:  # noqa: BLE001 - fall back, the single path records real crashes
+            say(f"notice: grouping failed ({type(exc).__name__}: {exc}); running one at a time")
+    out = []
+    for trial in members:
+        start = time.perf_counter()
+        try:
+            status, curves, final, final_eval = run_trial(exp, trial, data, device)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - a crashed trial is a result; the sweep goes on
+            status, curves, final, final_eval = "crashed", {}, None, None
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        out.append((status, curves, final, final_eval, error, time.perf_counter() - start))
+    return out
+
+
 def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
         say: Callable[[str], None] = print) -> SweepSummary:
     """Run (or resume) the sweep into ``out_dir``."""
@@ -187,20 +217,18 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
     data = _data(exp)
     device = _device(exp)
     ran = diverged = crashed = 0
-    for i, trial in enumerate(todo, 1):
-        start = time.perf_counter()
-        try:
-            status, curves, final, final_eval = run_trial(exp, trial, data, device)
-            error = None
-        except Exception as exc:  # noqa: BLE001 - a crashed trial is a result; the sweep goes on
-            status, curves, final, final_eval = "crashed", {}, None, None
-            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        seconds = time.perf_counter() - start
-        store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error, seconds=seconds)
-        ran += 1
-        diverged += status == "diverged"
-        crashed += status == "crashed"
-        say(f"[{i}/{len(todo)}] {trial['spec']} width {trial['width']} lr {trial['lr']:.4g} seed {trial['seed']}: "
-            f"{status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.1f} s)")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for trial in todo:
+        groups.setdefault((trial["spec"], trial["width"], trial["gamma"]), []).append(trial)
+    for (spec, width, gamma), members in groups.items():
+        outcomes = _run_members(exp, members, data, device, say)
+        for trial, (status, curves, final, final_eval, error, seconds) in zip(members, outcomes):
+            store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error,
+                         seconds=seconds)
+            ran += 1
+            diverged += status == "diverged"
+            crashed += status == "crashed"
+            say(f"[{ran}/{len(todo)}] {trial['spec']} width {trial['width']} lr {trial['lr']:.4g} seed {trial['seed']}"
+                f": {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
     store.close()
     return SweepSummary(len(trials), ran, len(trials) - len(todo), diverged, crashed)

@@ -1,0 +1,50 @@
+"""Sweep throughput (issue 6): trials per hour on the demo grid (runners/demo.toml), grouped (vmapped by shape)
+against one at a time, on this machine (CPU) or a GPU (pass --device cuda).
+
+    .venv/bin/python bench/sweep_bench.py [--device cpu] [--no-sharpness]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mupdsl.sweep import load_experiment, plan_trials  # noqa: E402
+from mupdsl.sweep.run import _data, _device, _run_members  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-sharpness", action="store_true")
+    parser.add_argument("--experiment", default=str(ROOT / "runners" / "demo.toml"))
+    args = parser.parse_args()
+    rates = {}
+    for group in (True, False):
+        overrides = {"group": group, "device": args.device, "ungated": ["mup", "sp", "ntp"]}
+        if args.no_sharpness:
+            overrides["measure"] = {"sharpness_every": 0, "eval_every": 50, "batch_size": 256}
+        exp = load_experiment(args.experiment, overrides)
+        trials, data, device = plan_trials(exp), _data(exp), _device(exp)
+        groups: dict = {}
+        for t in trials:
+            groups.setdefault((t["spec"], t["width"], t["gamma"]), []).append(t)
+        start = time.perf_counter()  # the trials alone: no gate, no store
+        for members in groups.values():
+            _run_members(exp, members, data, device, lambda _: None)
+        elapsed = time.perf_counter() - start
+        rates[group] = len(trials) / elapsed * 3600
+        print(f"group={group}: {len(trials)} trials in {elapsed:.1f} s = {rates[group]:.0f} trials/hour")
+    tag = "" if not args.no_sharpness else ", sharpness off"
+    print(f"| demo grid ({Path(args.experiment).name}), {args.device}{tag}: grouped / one at a time | "
+          f"{rates[True]:.0f} / {rates[False]:.0f} trials/hour = {rates[True] / rates[False]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
