@@ -457,17 +457,23 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
               help="Where trials run (Slurm and Ray engines are not built yet).")
 @click.option("--no-gate", is_flag=True, help="Run even if a gated spec fails its coordinate check.")
 @click.option("--fresh", is_flag=True, help="Delete earlier results instead of resuming.")
+@click.option("--small", is_flag=True, help="A CPU-sized version: two narrow widths, few steps, lrs and seeds.")
 @click.option("--json", "as_json", is_flag=True)
-def sweep_cmd(experiment, out_dir, engine, no_gate, fresh, as_json) -> None:
+def sweep_cmd(experiment, out_dir, engine, no_gate, fresh, small, as_json) -> None:
     """Run (or resume) a sweep from an experiment file; write the store, figures and report.md."""
     from .compile import CompileError  # noqa: PLC0415
     from .sweep import ExperimentError, GateFailed, load_experiment, run, write_report  # noqa: PLC0415
+
+    from .data import DataMissing  # noqa: PLC0415
+    from .sweep.experiment import small as make_small  # noqa: PLC0415
 
     try:
         exp = load_experiment(experiment)
     except ExperimentError as exc:
         raise BadInput(exc.render()) from None
-    target = Path(out_dir or Path("out") / exp.name)
+    if small:
+        exp = make_small(exp)
+    target = Path(out_dir or Path("out") / (exp.name + ("_small" if small else "")))
     try:
         summary = run(exp, target, gated=not no_gate, fresh=fresh, say=lambda line: err().print(line))
     except GateFailed as exc:
@@ -476,6 +482,8 @@ def sweep_cmd(experiment, out_dir, engine, no_gate, fresh, as_json) -> None:
         sys.exit(1)
     except (CompileError, SpecError) as exc:
         raise BadInput(exc.render()) from None
+    except DataMissing as exc:
+        raise BadInput(f"error: {exc}") from None
     report, analysis = write_report(target)
     doc = {"trials": summary.trials, "ran": summary.ran, "skipped": summary.skipped, "diverged": summary.diverged,
            "crashed": summary.crashed,

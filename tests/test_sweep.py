@@ -168,3 +168,34 @@ def test_grouped_equals_one_at_a_time(tmp_path, optimizer):
         assert status == s
         np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(curves["sharpness"], c["sharpness"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("runner", ["gamma_eta_phase", "consistency_widths", "super_consistency_fig1"])
+def test_paper_runners_run_small(tmp_path, runner):
+    from mupdsl.sweep.experiment import small
+
+    root = Path(__file__).resolve().parent.parent / "runners"
+    overrides = {}
+    if runner == "super_consistency_fig1":
+        from test_data import write_cifar
+        write_cifar(tmp_path / "cifar", per_batch=40)
+        overrides.update(data_root=str(tmp_path / "cifar"), data_verify=False)
+    exp = small(load_experiment(root / f"{runner}.toml", overrides))
+    exp = exp.model_copy(update={"steps": 8})
+    summary = run(exp, tmp_path / "out", say=lambda _: None)
+    assert summary.crashed == 0 and summary.ran == summary.trials > 0
+    report, analysis = write_report(tmp_path / "out")
+    text = report.read_text()
+    if runner == "gamma_eta_phase":
+        assert "phase portrait" in text and (tmp_path / "out" / "phase_richness.png").exists()
+    if runner == "consistency_widths":
+        assert "Consistency of the sharpness" in text
+
+
+def test_missing_cifar_is_bad_input(tmp_path):
+    from click.testing import CliRunner
+
+    from mupdsl.cli import main
+    exp = Path(__file__).resolve().parent.parent / "runners" / "super_consistency_fig1.toml"
+    result = CliRunner().invoke(main, ["sweep", str(exp), "--small", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "CIFAR-10 not found in data" in result.output

@@ -19,6 +19,7 @@ the exponent, not about finite-width transients. The default tolerance, 0.25, wa
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -121,6 +122,13 @@ def tap_points(compiled: CompiledModel) -> dict[str, str]:
         nodes = sorted(t.use_mults)
         for i, node in enumerate(nodes):
             keys[node] = owner if len(nodes) == 1 else f"{owner}@{i + 1}"
+    if plan.network.gamma != 1.0:  # tap a readout after the network's 1/γ, which belongs to it
+        nodes = {n.name: n for n in compiled.model.graph.nodes}
+        for name in plan.readouts:
+            node = nodes.get(name)
+            users = list(node.users) if node is not None else []
+            if name in keys and len(users) == 1 and users[0].target is operator.mul:
+                keys[users[0].name] = keys.pop(name)
     counts: dict[str, int] = {}
     for block in plan.residual_blocks:
         owners = [p.split(".")[:-1] for p in block.params]

@@ -56,3 +56,52 @@ def transfer(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[spec] = {"eta_star": stars, "shift": shift, "transfer": "PASS" if shift <= 1.0 else "FAIL",
                      "bracketed": all(bracketed.values()), "losses": curves}
     return out
+
+
+def power_law(t: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """Least-squares fit of y = a·t^β in log-log over the points with t > 0 and y > 0; (a, β) or None."""
+    keep = (t > 0) & (y > 0) & np.isfinite(y)
+    if keep.sum() < 2:
+        return None
+    beta, log_a = np.polyfit(np.log(t[keep]), np.log(y[keep]), 1)
+    return float(math.exp(log_a)), float(beta)
+
+
+def consistency(curves_by_width: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, dict[str, Any]]:
+    """Seed 002 Eq. 3 / Fig. 3: g(t) = |S_N(t) − S_widest(t)| for each narrower width N (on the steps both have),
+    with its power-law fit y = a·t^β."""
+    if len(curves_by_width) < 2:
+        return {}
+    widest = max(curves_by_width)
+    ref_t, ref_y = curves_by_width[widest]
+    ref = dict(zip(ref_t.tolist(), ref_y.tolist()))
+    out = {}
+    for width, (t, y) in sorted(curves_by_width.items()):
+        if width == widest:
+            continue
+        common = [(s, abs(v - ref[s])) for s, v in zip(t.tolist(), y.tolist()) if s in ref]
+        if not common:
+            continue
+        ts, gs = np.asarray([c[0] for c in common], dtype=float), np.asarray([c[1] for c in common], dtype=float)
+        fit = power_law(ts, gs)
+        out[width] = {"t": ts, "g": gs, "a": fit[0] if fit else None, "beta": fit[1] if fit else None}
+    return out
+
+
+def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """γ–η phase portrait per spec (seed 003): final loss over the (γ, η) grid, η* per γ, and the slope of
+    log η* against log γ (η* ∝ γ² in the lazy regime, γ^{2/L} in the ultra-rich one)."""
+    out = {}
+    for spec in sorted({t["spec"] for t in trials if t.get("gamma") is not None}):
+        rows = [t for t in trials if t["spec"] == spec and t.get("gamma") is not None and t["status"] != "crashed"]
+        gammas, lrs = sorted({t["gamma"] for t in rows}), sorted({t["lr"] for t in rows})
+        grid = np.full((len(gammas), len(lrs)), np.inf)
+        for t in rows:
+            value = t["final_loss"] if t["status"] == "done" and t["final_loss"] is not None else np.inf
+            i, j = gammas.index(t["gamma"]), lrs.index(t["lr"])
+            grid[i, j] = value if not np.isfinite(grid[i, j]) else (grid[i, j] + value) / 2
+        stars = [eta_star(lrs, list(row)) for row in grid]
+        ok = [(g, s) for g, s in zip(gammas, stars) if math.isfinite(s)]
+        slope = float(np.polyfit(np.log([g for g, _ in ok]), np.log([s for _, s in ok]), 1)[0]) if len(ok) > 1 else None
+        out[spec] = {"gammas": gammas, "lrs": lrs, "loss": grid, "eta_star": stars, "slope": slope}
+    return out

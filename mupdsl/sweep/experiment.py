@@ -68,7 +68,11 @@ class Experiment(BaseModel):
     name: str
     specs: list[str] = Field(min_length=1)
     model: str
-    dataset: Literal["mnist1d", "teacher"] = "mnist1d"
+    dataset: Literal["mnist1d", "teacher", "cifar10"] = "mnist1d"
+    data_root: str = "data"
+    """Folder holding cifar-10-batches-py for dataset = "cifar10" (never downloaded)."""
+    data_verify: bool = True
+    """Check torchvision's md5 sums of the CIFAR-10 files (off for CIFAR-format folders made by tests)."""
     widths: list[int] = Field(min_length=1)
     base_width: int | None = None
     depth: int | None = None
@@ -106,6 +110,20 @@ class Experiment(BaseModel):
 
     def lr_values(self) -> list[float]:
         return sorted(self.lrs.values() if isinstance(self.lrs, LogGrid) else self.lrs)
+
+
+def small(exp: Experiment) -> Experiment:
+    """The ``--small`` version of a GPU-sized experiment, for CPU tests: two narrow widths, few steps, lrs and
+    seeds, and a small dataset."""
+    lrs = exp.lr_values()
+    keep = lrs[:: max(1, len(lrs) // 4)][:5]
+    return exp.model_copy(update={
+        "widths": [w for w in exp.widths if w <= 128][:2] or [16, 32], "steps": min(exp.steps, 20),
+        "lrs": keep, "seeds": exp.seeds[:1], "num_samples": min(exp.num_samples, 600),
+        "gammas": sorted(sorted(exp.gammas, key=lambda g: abs(math.log(g)))[:3]),
+        "coordcheck_widths": [64, 128, 256, 512], "measure": exp.measure.model_copy(update={
+            "sharpness_every": min(exp.measure.sharpness_every, 5) if exp.measure.sharpness_every else 0,
+            "eval_every": 10, "batch_size": min(exp.measure.batch_size, 64)})})
 
 
 def _line_of(text: str, key: str) -> int:

@@ -54,3 +54,40 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def consistency_figure(spec: str, fits: dict, path: Path, what: str = "sharpness") -> Path:
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for width, f in sorted(fits.items()):
+        line = ax.loglog(f["t"], np.where(f["g"] > 0, f["g"], np.nan), marker="o", ms=3,
+                         label=f"width {width}" + (f": β = {f['beta']:.2f}" if f["beta"] is not None else ""))
+        if f["beta"] is not None:
+            ts = f["t"][f["t"] > 0]
+            ax.loglog(ts, f["a"] * ts ** f["beta"], ls="--", lw=1, color=line[0].get_color())
+    ax.set_title(f"{spec}: g(t) = |{what}_N(t) − {what}_widest(t)|, fit a·t^β", fontsize=9)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def phase_figure(spec: str, portrait: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    loss = np.where(np.isfinite(portrait["loss"]), portrait["loss"], np.nan)
+    mesh = ax.pcolormesh(portrait["lrs"], portrait["gammas"], loss, shading="nearest", cmap="viridis")
+    ax.plot(portrait["eta_star"], portrait["gammas"], "w*-", ms=8, label="η*")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("η0")
+    ax.set_ylabel("γ")
+    slope = portrait["slope"]
+    ax.set_title(f"{spec}: final loss over (γ, η)" + (f"; η* ∝ γ^{slope:.2f}" if slope is not None else ""),
+                 fontsize=9)
+    fig.colorbar(mesh, ax=ax, label="final train loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -6,8 +6,10 @@ import json
 import math
 from pathlib import Path
 
-from .analysis import transfer
-from .plots import triptych
+import numpy as np
+
+from .analysis import consistency, phase, transfer
+from .plots import consistency_figure, phase_figure, triptych
 from .store import Store
 
 
@@ -38,6 +40,13 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     for spec, a in sorted(analysis.items()):
         figure = triptych(spec, [t for t in trials if t["spec"] == spec], store.curves, a, out / f"fig_{spec}.png")
         lines += [f"### {spec}", "", f"![{spec}]({figure.name})", ""]
+    lines += _consistency_section(trials, analysis, store, out)
+    portraits = phase(trials)
+    for spec, p in portraits.items():
+        figure = phase_figure(spec, p, out / f"phase_{spec}.png")
+        slope = "—" if p["slope"] is None else f"{p['slope']:.2f}"
+        lines += [f"## γ–η phase portrait: {spec}", "", f"log η* against log γ: slope {slope}", "",
+                  f"![phase {spec}]({figure.name})", ""]
     crashed = [t for t in trials if t["status"] == "crashed"]
     if crashed:
         lines += ["## Crashed trials", ""] + [f"- {t['id']} ({t['spec']}, width {t['width']}, lr {t['lr']:.3g}): "
@@ -46,3 +55,31 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     path.write_text("\n".join(lines) + "\n")
     store.close()
     return path, analysis
+
+
+def _consistency_section(trials, analysis, store, out: Path) -> list[str]:
+    """Seed 002 Fig. 3: the sharpness curves' distance to the widest one at the base width's η*, with fits."""
+    lines = []
+    for spec, a in sorted(analysis.items()):
+        rows = [t for t in trials if t["spec"] == spec and t["status"] == "done"]
+        widths = sorted({t["width"] for t in rows})
+        if len(widths) < 2 or not math.isfinite(a["eta_star"].get(widths[0], math.nan)):
+            continue
+        lrs = sorted({t["lr"] for t in rows})
+        lr = min(lrs, key=lambda v: abs(math.log(v) - math.log(a["eta_star"][widths[0]])))
+        curves = {}
+        for w in widths:
+            pick = [t for t in rows if t["width"] == w and t["lr"] == lr]
+            if pick:
+                c = store.curves(pick[0]["id"])
+                if len(c.get("sharpness", [])) >= 2:
+                    curves[w] = (np.asarray(c["sharp_step"]), np.asarray(c["sharpness"]))
+        fits = consistency(curves)
+        if not fits:
+            continue
+        figure = consistency_figure(spec, fits, out / f"consistency_{spec}.png")
+        table = ", ".join(f"{w}: β = {f['beta']:.2f}" if f["beta"] is not None else f"{w}: —"
+                          for w, f in sorted(fits.items()))
+        lines += [f"## Consistency of the sharpness across widths: {spec} (lr {lr:.3g})", "",
+                  f"g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β — {table}", "", f"![consistency]({figure.name})", ""]
+    return lines

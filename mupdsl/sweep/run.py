@@ -67,6 +67,14 @@ def plan_trials(exp: Experiment) -> list[dict[str, Any]]:
 
 
 def _data(exp: Experiment):
+    if exp.dataset == "cifar10":
+        from ..data.cifar10 import cifar10, tensors  # noqa: PLC0415
+
+        v = exp.data_verify
+        x, y = tensors(cifar10(exp.data_root, train=True, augment=False, verify=v), limit=exp.num_samples)
+        xt, yt = tensors(cifar10(exp.data_root, train=False, augment=False, verify=v),
+                         limit=max(exp.num_samples // 5, 1))
+        return x, y, xt, yt
     if exp.dataset == "mnist1d":
         from ..data import mnist1d  # noqa: PLC0415
 
@@ -84,6 +92,11 @@ def _device(exp: Experiment) -> torch.device:
     return torch.device(exp.device)
 
 
+def _gate_gamma(gammas: list[float]) -> float:
+    """The γ a γ-sweep is gated at: 1 (the feature-learning scale of µP) when swept, else the middle value."""
+    return 1.0 if 1.0 in gammas else sorted(gammas)[len(gammas) // 2]
+
+
 def gate(exp: Experiment, store: Store, say: Callable[[str], None]) -> dict[str, str]:
     """Coordinate-check every spec (results kept in the store); returns the failing gated specs."""
     done = store.gates()
@@ -95,7 +108,8 @@ def gate(exp: Experiment, store: Store, say: Callable[[str], None]) -> dict[str,
         if spec not in done:
             result = coordcheck(spec, exp.model, widths=widths, optimizer=exp.optimizer, seeds=2,
                                 depth=exp.depth, base_depth=exp.base_depth,
-                                data="mnist1d" if exp.dataset == "mnist1d" else "example")
+                                data="mnist1d" if exp.dataset == "mnist1d" else "example",
+                                overrides={exp.gamma_name: _gate_gamma(exp.gammas)} if exp.gammas else None)
             detail = "; ".join(f"{f['key']} t={f['step']} {f['symptom']} ({f['slope']:+.2f})"
                                for f in result.failures[:5])
             store.record_gate(spec, result.verdict, detail)
@@ -205,7 +219,8 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
         shutil.rmtree(out)
     store = Store(out)
     (out / "experiment.json").write_text(exp.model_dump_json(indent=1))
-    load_factory(exp.model)  # a bad model fails here, before any work
+    load_factory(exp.model)  # a bad model or a missing dataset fails here, before any work
+    data = _data(exp)
     failures = gate(exp, store, say)
     if failures and gated:
         store.close()
@@ -214,7 +229,6 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
     done = store.done_ids()
     todo = [t for t in trials if t["id"] not in done]
     say(f"{len(trials)} trials planned, {len(trials) - len(todo)} already done, {len(todo)} to run")
-    data = _data(exp)
     device = _device(exp)
     ran = diverged = crashed = 0
     groups: dict[tuple, list[dict[str, Any]]] = {}
