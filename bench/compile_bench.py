@@ -9,7 +9,6 @@ Prints a markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -19,9 +18,11 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from mupdsl.compile import compile_model  # noqa: E402
 from mupdsl.models import mlp  # noqa: E402
+from test_compile_reference import HandMuP  # noqa: E402 - the hand-written µP model the tests check against
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,30 +35,6 @@ def time_compile(repeats: int, device: str | None) -> list[float]:
                       device=device)
         out.append(time.perf_counter() - start)
     return out
-
-
-class HandMuP(torch.nn.Module):
-    """TP5 Table 8 µP written by hand on the reference MLP (readout weight / m in forward)."""
-
-    def __init__(self, width: int, base_width: int, depth: int) -> None:
-        super().__init__()
-        self.net = mlp.MLP(width, depth)
-        self.m = width / base_width
-        with torch.no_grad():
-            for p in [self.net.readout.weight, self.net.readout.bias] + [l.bias for l in self.net.hidden]:
-                p.mul_(math.sqrt(self.m))
-
-    def forward(self, x):
-        h = torch.relu(self.net.input(x))
-        for layer in self.net.hidden:
-            h = torch.relu(layer(h))
-        return F.linear(h, self.net.readout.weight / self.m, self.net.readout.bias)
-
-    def groups(self, eta0):
-        n = self.net
-        return [dict(params=[l.weight for l in n.hidden], lr=eta0 / self.m),
-                dict(params=[n.input.weight, n.input.bias, n.readout.weight, n.readout.bias]
-                     + [l.bias for l in n.hidden], lr=eta0)]
 
 
 def step_times(model, opt, x, y, steps: int) -> list[float]:
@@ -101,8 +78,9 @@ def main() -> None:
     compiled = compile_model("mup", "mupdsl.models.mlp", width=width, base_width=base, depth=depth, optimizer="adam",
                              overrides={"eta0": 1e-3})
     compiled.model.to(args.device)
-    hand = HandMuP(width, base, depth).to(args.device)
-    models = {"compiled": (compiled.model, compiled.optimizer()), "hand": (hand, torch.optim.Adam(hand.groups(1e-3)))}
+    hand = HandMuP(width, base, depth, seed=0).to(args.device)
+    models = {"compiled": (compiled.model, compiled.optimizer()),
+              "hand": (hand, torch.optim.Adam(hand.groups("adam", 1e-3)))}
     results = {}
     for name, (model, opt) in models.items():
         run = torch.compile(model) if args.torch_compile else model

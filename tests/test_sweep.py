@@ -117,7 +117,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
             try:
                 done_before = [r for r in sqlite3.connect(db).execute("SELECT id, seconds FROM trials")]
             except sqlite3.OperationalError:
-                pass
+                pass  # the sweep has not created its tables yet
         if len(done_before) >= 3:
             break
         time.sleep(0.2)
