@@ -200,3 +200,19 @@ def test_missing_cifar_is_bad_input(tmp_path):
     exp = Path(__file__).resolve().parent.parent / "runners" / "super_consistency_fig1.toml"
     result = CliRunner().invoke(main, ["sweep", str(exp), "--small", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "CIFAR-10 not found in data" in result.output
+
+
+def test_adaptive_grid_searches_down_from_the_largest_rate(tmp_path):
+    text = TINY.replace("lrs = [0.05, 0.2, 0.8]", "lrs = { start = 4096.0, factor = 4.0, below = 2, floor = 0.01 }")
+    text = text.replace('specs = ["mup", "sp"]\nungated = ["sp"]', 'specs = ["sp"]\nungated = ["sp"]')
+    text = text.replace("widths = [16, 32]", "widths = [16]")
+    exp = load_experiment(write(tmp_path, text))
+    summary = run(exp, tmp_path / "out", say=lambda _: None)
+    con = sqlite3.connect(tmp_path / "out" / "index.sqlite")
+    rows = sorted(con.execute("SELECT lr, status FROM trials").fetchall(), reverse=True)
+    lrs = [lr for lr, _ in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == 4096.0
+    assert summary.ran == len(rows) < len(exp.lr_values())      # stopped: first convergent rate + 2 below it
+    assert rows[-1][0] > 0.01
+    again = run(exp, tmp_path / "out", say=lambda _: None)
+    assert again.ran == 0

@@ -53,6 +53,25 @@ class LogGrid(BaseModel):
         return [math.exp(a + (b - a) * i / (self.num - 1)) for i in range(self.num)]
 
 
+class AdaptiveGrid(BaseModel):
+    """Seed 003's search: from a large η downward by ``factor`` until the first trial that converges, then
+    ``below`` more steps under it (so each size gets its own window around its largest stable rate)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: float = Field(gt=0)
+    factor: float = Field(2.0, gt=1)
+    below: int = Field(4, ge=1)
+    floor: float = Field(1e-6, gt=0)
+
+    def values(self) -> list[float]:
+        """Every rate the search may visit, largest first."""
+        out, lr = [], self.start
+        while lr >= self.floor:
+            out.append(lr)
+            lr /= self.factor
+        return out
+
+
 class Measure(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sharpness_every: int = Field(0, ge=0)
@@ -78,7 +97,7 @@ class Experiment(BaseModel):
     depth: int | None = None
     base_depth: int | None = None
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lrs: list[float] | LogGrid
+    lrs: list[float] | LogGrid | AdaptiveGrid
     seeds: list[int] = [0]
     gammas: list[float] = []
     gamma_name: str = "gamma0"
@@ -109,7 +128,11 @@ class Experiment(BaseModel):
         return self
 
     def lr_values(self) -> list[float]:
-        return sorted(self.lrs.values() if isinstance(self.lrs, LogGrid) else self.lrs)
+        return sorted(self.lrs.values() if isinstance(self.lrs, (LogGrid, AdaptiveGrid)) else self.lrs)
+
+    @property
+    def adaptive(self) -> bool:
+        return isinstance(self.lrs, AdaptiveGrid)
 
 
 def small(exp: Experiment) -> Experiment:

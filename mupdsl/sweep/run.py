@@ -208,6 +208,38 @@ def _run_members(exp: Experiment, members: list[dict[str, Any]], data, device: t
     return out
 
 
+def converged(status: str, curves: dict) -> bool:
+    """A trial that finished with a lower loss than it started with."""
+    loss = curves.get("loss", [])
+    return status == "done" and len(loss) > 1 and float(np.mean(loss[-max(1, len(loss) // 10):])) < loss[0]
+
+
+def _run_adaptive(exp: Experiment, members: list[dict[str, Any]], data, device, store: Store,
+                  say: Callable[[str], None]) -> tuple[list[tuple], list[dict[str, Any]]]:
+    """Seed 003's adaptive grid, per seed: η downward from the largest until the first convergent trial, then
+    ``below`` more; trials already in the store count (resume) and are not re-run."""
+    done = {t["id"]: t for t in store.trials()}
+    outcomes, ran = [], []
+    for seed in sorted({t["seed"] for t in members}):
+        ladder = sorted((t for t in members if t["seed"] == seed), key=lambda t: -t["lr"])
+        remaining = None
+        for trial in ladder:
+            if remaining == 0:
+                break
+            if trial["id"] in done:
+                ok = done[trial["id"]]["status"] == "done" and converged("done", store.curves(trial["id"]))
+            else:
+                (result,) = _run_members(exp, [trial], data, device, say)
+                outcomes.append(result)
+                ran.append(trial)
+                ok = converged(result[0], result[1])
+            if remaining is not None:
+                remaining -= 1
+            elif ok:
+                remaining = exp.lrs.below
+    return outcomes, ran
+
+
 def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
         say: Callable[[str], None] = print) -> SweepSummary:
     """Run (or resume) the sweep into ``out_dir``."""
@@ -228,14 +260,21 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
     trials = plan_trials(exp)
     done = store.done_ids()
     todo = [t for t in trials if t["id"] not in done]
-    say(f"{len(trials)} trials planned, {len(trials) - len(todo)} already done, {len(todo)} to run")
+    if exp.adaptive:
+        say(f"adaptive learning-rate search: up to {len(trials)} trials, {len(trials) - len(todo)} already done")
+        todo = trials  # the search decides what runs; finished trials are read back, not re-run
+    else:
+        say(f"{len(trials)} trials planned, {len(trials) - len(todo)} already done, {len(todo)} to run")
     device = _device(exp)
     ran = diverged = crashed = 0
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for trial in todo:
         groups.setdefault((trial["spec"], trial["width"], trial["gamma"]), []).append(trial)
     for (spec, width, gamma), members in groups.items():
-        outcomes = _run_members(exp, members, data, device, say)
+        if exp.adaptive:
+            outcomes, members = _run_adaptive(exp, members, data, device, store, say)
+        else:
+            outcomes = _run_members(exp, members, data, device, say)
         for trial, (status, curves, final, final_eval, error, seconds) in zip(members, outcomes):
             store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error,
                          seconds=seconds)
@@ -245,4 +284,5 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
             say(f"[{ran}/{len(todo)}] {trial['spec']} width {trial['width']} lr {trial['lr']:.4g} seed {trial['seed']}"
                 f": {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
     store.close()
-    return SweepSummary(len(trials), ran, len(trials) - len(todo), diverged, crashed)
+    skipped = len(done & {t["id"] for t in trials})
+    return SweepSummary(len(trials) if not exp.adaptive else ran + skipped, ran, skipped, diverged, crashed)
