@@ -453,13 +453,15 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
 @main.command("sweep")
 @click.argument("experiment", type=click.Path())
 @click.option("--out", "out_dir", default=None, help="Result folder (default: out/<name>).")
-@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Where trials run (Slurm and Ray engines are not built yet).")
+@click.option("--engine", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="Where trials run: this machine, or Slurm job arrays through submitit (Ray: not built yet).")
+@click.option("--tasks", type=int, default=4, show_default=True, help="Array tasks (shards) for --engine slurm.")
+@click.option("--partition", default=None, help="Slurm partition for --engine slurm.")
 @click.option("--no-gate", is_flag=True, help="Run even if a gated spec fails its coordinate check.")
 @click.option("--fresh", is_flag=True, help="Delete earlier results instead of resuming.")
 @click.option("--small", is_flag=True, help="A CPU-sized version: two narrow widths, few steps, lrs and seeds.")
 @click.option("--json", "as_json", is_flag=True)
-def sweep_cmd(experiment, out_dir, engine, no_gate, fresh, small, as_json) -> None:
+def sweep_cmd(experiment, out_dir, engine, tasks, partition, no_gate, fresh, small, as_json) -> None:
     """Run (or resume) a sweep from an experiment file; write the store, figures and report.md."""
     from .compile import CompileError  # noqa: PLC0415
     from .sweep import ExperimentError, GateFailed, load_experiment, run, write_report  # noqa: PLC0415
@@ -475,7 +477,9 @@ def sweep_cmd(experiment, out_dir, engine, no_gate, fresh, small, as_json) -> No
         exp = make_small(exp)
     target = Path(out_dir or Path("out") / (exp.name + ("_small" if small else "")))
     try:
-        summary = run(exp, target, gated=not no_gate, fresh=fresh, say=lambda line: err().print(line))
+        options = {"tasks": tasks, **({"slurm_partition": partition} if partition else {})}
+        summary = run(exp, target, gated=not no_gate, fresh=fresh, engine=engine, engine_options=options,
+                      say=lambda line: err().print(line))
     except GateFailed as exc:
         err().print(f"[bold red]stopped before any trial[/]: specs failing their coordinate check: {exc}")
         err().print("  list them under `ungated` in the experiment file, or pass --no-gate")

@@ -216,3 +216,21 @@ def test_adaptive_grid_searches_down_from_the_largest_rate(tmp_path):
     assert rows[-1][0] > 0.01
     again = run(exp, tmp_path / "out", say=lambda _: None)
     assert again.ran == 0
+
+
+def test_slurm_engine_shards_and_merges_through_submitits_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    exp = load_experiment(write(tmp_path, TINY))
+    out = tmp_path / "out"
+    summary = run(exp, out, engine="slurm", engine_options={"tasks": 2, "cluster": "local"}, say=lambda _: None)
+    assert summary.trials == 12 and summary.ran == 12 and summary.crashed == 0
+    con = sqlite3.connect(out / "index.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 12
+    assert not (out / "shards").exists()
+    local = tmp_path / "local"
+    run(exp, local, say=lambda _: None)
+    a = dict(con.execute("SELECT id, final_loss FROM trials").fetchall())
+    b = dict(sqlite3.connect(local / "index.sqlite").execute("SELECT id, final_loss FROM trials").fetchall())
+    assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6) for k in a)
+    report, _ = write_report(out)
+    assert "fig_mup.png" in report.read_text()

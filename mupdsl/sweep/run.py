@@ -240,9 +240,9 @@ def _run_adaptive(exp: Experiment, members: list[dict[str, Any]], data, device, 
     return outcomes, ran
 
 
-def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
-        say: Callable[[str], None] = print) -> SweepSummary:
-    """Run (or resume) the sweep into ``out_dir``."""
+def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, engine: str = "local",
+        engine_options: dict[str, Any] | None = None, say: Callable[[str], None] = print) -> SweepSummary:
+    """Run (or resume) the sweep into ``out_dir`` on ``engine`` ("local", or "slurm" through submitit)."""
     import shutil  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -270,6 +270,17 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False,
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for trial in todo:
         groups.setdefault((trial["spec"], trial["width"], trial["gamma"]), []).append(trial)
+    if engine == "slurm" and not exp.adaptive:
+        from .engines import run_slurm  # noqa: PLC0415
+
+        run_slurm(exp, list(groups.values()), out, store, say=say, **(engine_options or {}))
+        status = {t["id"]: t["status"] for t in store.trials()}
+        ran = sum(t["id"] in status for t in todo)
+        summary = SweepSummary(len(trials), ran, len(trials) - len(todo),
+                               sum(status.get(t["id"]) == "diverged" for t in todo),
+                               sum(status.get(t["id"]) == "crashed" for t in todo))
+        store.close()
+        return summary
     for (spec, width, gamma), members in groups.items():
         if exp.adaptive:
             outcomes, members = _run_adaptive(exp, members, data, device, store, say)
