@@ -489,7 +489,7 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, no_gate, fresh, sma
     except DataMissing as exc:
         raise BadInput(f"error: {exc}") from None
     report, analysis = write_report(target)
-    doc = {"trials": summary.trials, "ran": summary.ran, "skipped": summary.skipped, "diverged": summary.diverged,
+    doc = {"size": exp.size, "trials": summary.trials, "ran": summary.ran, "skipped": summary.skipped, "diverged": summary.diverged,
            "crashed": summary.crashed,
            "specs": {s: {"eta_star": {str(w): v for w, v in a["eta_star"].items()}, "shift": a["shift"],
                          "transfer": a["transfer"], "bracketed": a["bracketed"]} for s, a in analysis.items()}}

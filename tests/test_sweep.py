@@ -234,3 +234,15 @@ def test_slurm_engine_shards_and_merges_through_submitits_local_executor(tmp_pat
     assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6) for k in a)
     report, _ = write_report(out)
     assert "fig_mup.png" in report.read_text()
+
+
+def test_depth_sweep_compares_across_depth(tmp_path):
+    text = TINY.replace("widths = [16, 32]", "widths = [16]\ndepths = [1, 3]")
+    exp = load_experiment(write(tmp_path, text))
+    assert exp.size == "depth"
+    trials = plan_trials(exp)
+    assert sorted({t["depth"] for t in trials}) == [1, 3] and {t["base_depth"] for t in trials} == {1}
+    run(exp, tmp_path / "out", say=lambda _: None)
+    report, analysis = write_report(tmp_path / "out")
+    assert set(analysis["mup"]["eta_star"]) == {1, 3}
+    assert "η* per depth" in report.read_text()

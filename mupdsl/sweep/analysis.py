@@ -31,7 +31,7 @@ def grid_step(lrs: list[float]) -> float:
     return float(np.median(np.diff(x))) if len(x) > 1 else 1.0
 
 
-def transfer(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dict[str, Any]]:
     """Per spec: η* per width (mean final loss over seeds; diverged = +inf), shift in grid steps, verdict, and
     whether every η* lies inside the grid (``bracketed``; an η* at the grid's edge makes the shift a lower bound)."""
     by_spec: dict[str, dict[int, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -39,7 +39,7 @@ def transfer(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if t["status"] == "crashed":
             continue
         loss = t["final_loss"] if t["status"] == "done" and t["final_loss"] is not None else math.inf
-        by_spec[t["spec"]][t["width"]][t["lr"]].append(loss)
+        by_spec[t["spec"]][t[size]][t["lr"]].append(loss)
     out = {}
     for spec, widths in by_spec.items():
         stars, curves, bracketed = {}, {}, {}

@@ -95,6 +95,8 @@ class Experiment(BaseModel):
     widths: list[int] = Field(min_length=1)
     base_width: int | None = None
     depth: int | None = None
+    depths: list[int] = []
+    """Depths to sweep (transfer across depth, seed 002 Fig. 4); the base depth defaults to the smallest."""
     base_depth: int | None = None
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lrs: list[float] | LogGrid | AdaptiveGrid
@@ -126,6 +128,14 @@ class Experiment(BaseModel):
         if unknown:
             raise ValueError(f"ungated names specs that are not in specs: {', '.join(sorted(unknown))}")
         return self
+
+    def depth_values(self) -> list[int | None]:
+        return sorted(self.depths) if self.depths else [self.depth]
+
+    @property
+    def size(self) -> str:
+        """What the transfer analysis compares across: "depth" when depths are swept at one width, else "width"."""
+        return "depth" if len(self.depths) > 1 and len(self.widths) == 1 else "width"
 
     def lr_values(self) -> list[float]:
         return sorted(self.lrs.values() if isinstance(self.lrs, (LogGrid, AdaptiveGrid)) else self.lrs)

@@ -42,8 +42,8 @@ def compile_member(exp: Experiment, trial: dict[str, Any]):
     if trial["gamma"] is not None:
         overrides[trial["gamma_name"]] = trial["gamma"]
     spec = apply_overrides(_spec(trial["spec"]), overrides)
-    return compile_model(spec, exp.model, width=trial["width"], base_width=trial["base_width"], depth=exp.depth,
-                         base_depth=exp.base_depth, optimizer=exp.optimizer, seed=trial["seed"])
+    return compile_model(spec, exp.model, width=trial["width"], base_width=trial["base_width"], depth=trial["depth"],
+                         base_depth=trial["base_depth"], optimizer=exp.optimizer, seed=trial["seed"])
 
 
 def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch.device,

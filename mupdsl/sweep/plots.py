@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Path) -> Path:
-    widths = sorted({t["width"] for t in trials})
+def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Path, size: str = "width") -> Path:
+    widths = sorted({t[size] for t in trials})
     colors = {w: plt.get_cmap("viridis")(i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
     star = analysis["eta_star"]
     base = widths[0]
@@ -22,19 +22,19 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     shown_lr = min(lrs, key=lambda lr: abs(math.log(lr) - math.log(star[base]))) if math.isfinite(star[base]) else lrs[0]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for w in widths:
-        pick = [t for t in trials if t["width"] == w and t["lr"] == shown_lr and t["status"] != "crashed"]
+        pick = [t for t in trials if t[size] == w and t["lr"] == shown_lr and t["status"] != "crashed"]
         if pick:
             c = curves_of(pick[0]["id"])
             if len(c.get("sharpness", [])):
-                axes[0].plot(c["sharp_step"], c["sharpness"], marker="o", ms=3, color=colors[w], label=f"width {w}")
+                axes[0].plot(c["sharp_step"], c["sharpness"], marker="o", ms=3, color=colors[w], label=f"{size} {w}")
             if len(c.get("loss", [])):
-                axes[1].plot(np.arange(len(c["loss"])), c["loss"], color=colors[w], lw=1, label=f"width {w}")
+                axes[1].plot(np.arange(len(c["loss"])), c["loss"], color=colors[w], lw=1, label=f"{size} {w}")
             if "eos" in c:
                 axes[0].axhline(float(c["eos"][0]), ls="--", color="gray", lw=1)
         xs = sorted(analysis["losses"][w])
         ys = [analysis["losses"][w][lr] for lr in xs]
         axes[2].plot(xs, [y if math.isfinite(y) else np.nan for y in ys], marker="o", ms=3, color=colors[w],
-                     label=f"width {w}")
+                     label=f"{size} {w}")
         if math.isfinite(star[w]):
             axes[2].axvline(star[w], color=colors[w], ls=":", lw=1)
     axes[0].set_title(f"λmax(S H S) at lr {shown_lr:.3g} (dashed: EoS)", fontsize=9)

@@ -19,8 +19,9 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
         raise FileNotFoundError(f"{out} holds no sweep (no index.sqlite)")
     store = Store(out)
     trials = store.trials()
-    analysis = transfer(trials)
     exp = json.loads((out / "experiment.json").read_text()) if (out / "experiment.json").exists() else {}
+    size = "depth" if len(exp.get("depths", [])) > 1 and len(exp.get("widths", [])) == 1 else "width"
+    analysis = transfer(trials, size)
     lines = [f"# Sweep report: {exp.get('name', out.name)}", ""]
     if exp:
         lines += [f"Model `{exp['model']}`, dataset `{exp['dataset']}`, optimizer `{exp['optimizer']}`, widths "
@@ -31,16 +32,17 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     counts = {s: sum(t["status"] == s for t in trials) for s in ("done", "diverged", "crashed")}
     lines += ["", f"## Trials: {len(trials)} ({counts['done']} done, {counts['diverged']} diverged, "
               f"{counts['crashed']} crashed)", "", "## Learning-rate transfer", "",
-              "| spec | η* per width | shift (grid steps) | transfer |", "|---|---|---|---|"]
+              f"| spec | η* per {size} | shift (grid steps) | transfer |", "|---|---|---|---|"]
     for spec, a in sorted(analysis.items()):
         stars = ", ".join(f"{w}: {v:.3g}" if math.isfinite(v) else f"{w}: —" for w, v in sorted(a["eta_star"].items()))
         edge = "" if a["bracketed"] else " (η* at the grid's edge: widen the grid)"
         lines.append(f"| {spec} | {stars} | {a['shift']:.2f} | {a['transfer']}{edge} |")
     lines.append("")
     for spec, a in sorted(analysis.items()):
-        figure = triptych(spec, [t for t in trials if t["spec"] == spec], store.curves, a, out / f"fig_{spec}.png")
+        figure = triptych(spec, [t for t in trials if t["spec"] == spec], store.curves, a, out / f"fig_{spec}.png",
+                          size)
         lines += [f"### {spec}", "", f"![{spec}]({figure.name})", ""]
-    lines += _consistency_section(trials, analysis, store, out)
+    lines += _consistency_section(trials, analysis, store, out, size)
     portraits = phase(trials)
     for spec, p in portraits.items():
         figure = phase_figure(spec, p, out / f"phase_{spec}.png")
@@ -57,19 +59,19 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     return path, analysis
 
 
-def _consistency_section(trials, analysis, store, out: Path) -> list[str]:
+def _consistency_section(trials, analysis, store, out: Path, size: str = "width") -> list[str]:
     """Seed 002 Fig. 3: the sharpness curves' distance to the widest one at the base width's η*, with fits."""
     lines = []
     for spec, a in sorted(analysis.items()):
         rows = [t for t in trials if t["spec"] == spec and t["status"] == "done"]
-        widths = sorted({t["width"] for t in rows})
+        widths = sorted({t[size] for t in rows})
         if len(widths) < 2 or not math.isfinite(a["eta_star"].get(widths[0], math.nan)):
             continue
         lrs = sorted({t["lr"] for t in rows})
         lr = min(lrs, key=lambda v: abs(math.log(v) - math.log(a["eta_star"][widths[0]])))
         curves = {}
         for w in widths:
-            pick = [t for t in rows if t["width"] == w and t["lr"] == lr]
+            pick = [t for t in rows if t[size] == w and t["lr"] == lr]
             if pick:
                 c = store.curves(pick[0]["id"])
                 if len(c.get("sharpness", [])) >= 2:
@@ -80,6 +82,6 @@ def _consistency_section(trials, analysis, store, out: Path) -> list[str]:
         figure = consistency_figure(spec, fits, out / f"consistency_{spec}.png")
         table = ", ".join(f"{w}: β = {f['beta']:.2f}" if f["beta"] is not None else f"{w}: —"
                           for w, f in sorted(fits.items()))
-        lines += [f"## Consistency of the sharpness across widths: {spec} (lr {lr:.3g})", "",
+        lines += [f"## Consistency of the sharpness across {size}s: {spec} (lr {lr:.3g})", "",
                   f"g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β — {table}", "", f"![consistency]({figure.name})", ""]
     return lines

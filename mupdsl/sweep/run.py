@@ -51,13 +51,14 @@ def plan_trials(exp: Experiment) -> list[dict[str, Any]]:
     trials = []
     gammas = exp.gammas or [None]
     for spec in exp.specs:
-        for width in exp.widths:
+        for width, depth in [(w, d) for w in exp.widths for d in exp.depth_values()]:
             for lr in exp.lr_values():
                 for seed in exp.seeds:
                     for gamma in gammas:
+                        base_depth = exp.base_depth or (min(exp.depths) if exp.depths else exp.depth)
                         key = dict(spec=spec, model=exp.model, dataset=exp.dataset, width=width,
-                                   base_width=exp.base_width or exp.widths[0], depth=exp.depth,
-                                   base_depth=exp.base_depth, optimizer=exp.optimizer, lr=lr, seed=seed, gamma=gamma,
+                                   base_width=exp.base_width or exp.widths[0], depth=depth,
+                                   base_depth=base_depth, optimizer=exp.optimizer, lr=lr, seed=seed, gamma=gamma,
                                    gamma_name=exp.gamma_name, steps=exp.steps, batch_size=exp.batch_size,
                                    warmup=exp.warmup, dtype=exp.dtype, measure=exp.measure.model_dump(),
                                    num_samples=exp.num_samples)
@@ -131,7 +132,8 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
     dtype = torch.float64 if exp.dtype == "float64" else torch.float32
     spec = load_spec(trial["spec"], overrides)
     compiled = compile_model(spec, exp.model, width=trial["width"], base_width=trial["base_width"],
-                             depth=exp.depth, base_depth=exp.base_depth, optimizer=exp.optimizer, seed=trial["seed"])
+                             depth=trial["depth"], base_depth=trial["base_depth"], optimizer=exp.optimizer,
+                             seed=trial["seed"])
     model = compiled.model.to(device=device, dtype=dtype)
     opt = compiled.optimizer()
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -269,7 +271,7 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, en
     ran = diverged = crashed = 0
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for trial in todo:
-        groups.setdefault((trial["spec"], trial["width"], trial["gamma"]), []).append(trial)
+        groups.setdefault((trial["spec"], trial["width"], trial["depth"], trial["gamma"]), []).append(trial)
     if engine == "slurm" and not exp.adaptive:
         from .engines import run_slurm  # noqa: PLC0415
 
@@ -281,7 +283,7 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, en
                                sum(status.get(t["id"]) == "crashed" for t in todo))
         store.close()
         return summary
-    for (spec, width, gamma), members in groups.items():
+    for members in groups.values():
         if exp.adaptive:
             outcomes, members = _run_adaptive(exp, members, data, device, store, say)
         else:
@@ -292,7 +294,7 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, en
             ran += 1
             diverged += status == "diverged"
             crashed += status == "crashed"
-            say(f"[{ran}/{len(todo)}] {trial['spec']} width {trial['width']} lr {trial['lr']:.4g} seed {trial['seed']}"
+            say(f"[{ran}/{len(todo)}] {trial['spec']} width {trial['width']} depth {trial['depth']} lr {trial['lr']:.4g} seed {trial['seed']}"
                 f": {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
     store.close()
     skipped = len(done & {t["id"] for t in trials})

@@ -16,7 +16,7 @@ import numpy as np
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
     id TEXT PRIMARY KEY,
-    spec TEXT, width INTEGER, lr REAL, seed INTEGER, gamma REAL,
+    spec TEXT, width INTEGER, depth INTEGER, lr REAL, seed INTEGER, gamma REAL,
     status TEXT,            -- done | diverged | crashed
     final_loss REAL, final_eval REAL,
     error TEXT, seconds REAL, config TEXT
@@ -41,8 +41,9 @@ class Store:
         tmp = self.root / "curves" / f"{trial['id']}.tmp.npz"
         np.savez_compressed(tmp, **curves)
         tmp.replace(self.root / "curves" / f"{trial['id']}.npz")
-        self.db.execute("INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (trial["id"], trial["spec"], trial["width"], trial["lr"], trial["seed"], trial.get("gamma"),
+        self.db.execute("INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (trial["id"], trial["spec"], trial["width"], trial.get("depth"), trial["lr"], trial["seed"],
+                         trial.get("gamma"),
                          status, final_loss, final_eval, error, seconds, json.dumps(trial)))
         self.db.commit()
 
@@ -54,7 +55,8 @@ class Store:
         return {s: (v, d) for s, v, d in self.db.execute("SELECT spec, verdict, detail FROM gates")}
 
     def trials(self) -> list[dict[str, Any]]:
-        cols = ["id", "spec", "width", "lr", "seed", "gamma", "status", "final_loss", "final_eval", "error", "seconds"]
+        cols = ["id", "spec", "width", "depth", "lr", "seed", "gamma", "status", "final_loss", "final_eval", "error",
+                "seconds"]
         return [dict(zip(cols, row)) for row in self.db.execute(f"SELECT {', '.join(cols)} FROM trials")]
 
     def curves(self, trial_id: str) -> dict[str, np.ndarray]:
