@@ -170,7 +170,7 @@ def test_grouped_equals_one_at_a_time(tmp_path, optimizer):
         np.testing.assert_allclose(curves["sharpness"], c["sharpness"], rtol=1e-3)
 
 
-@pytest.mark.parametrize("runner", ["gamma_eta_phase", "consistency_widths",
+@pytest.mark.parametrize("runner", ["gamma_eta_phase", "consistency_widths", "linear_theory",
                                     pytest.param("super_consistency_fig1", marks=pytest.mark.slow)])
 def test_paper_runners_run_small(tmp_path, runner):
     from mupdsl.sweep.experiment import small

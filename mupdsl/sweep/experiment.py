@@ -87,7 +87,12 @@ class Experiment(BaseModel):
     name: str
     specs: list[str] = Field(min_length=1)
     model: str
-    dataset: Literal["mnist1d", "teacher", "cifar10"] = "mnist1d"
+    dataset: Literal["mnist1d", "teacher", "cifar10", "linear"] = "mnist1d"
+    loss: Literal["ce", "mse"] = "ce"
+    full_batch: bool = False
+    """Every step on the whole training set (gradient descent), e.g. seed 002 Sec. 5."""
+    input_dim: int = Field(16, ge=1)
+    """D of the ``linear`` task (X = I_D, Y = X w*)."""
     data_root: str = "data"
     """Folder holding cifar-10-batches-py for dataset = "cifar10" (never downloaded)."""
     data_verify: bool = True

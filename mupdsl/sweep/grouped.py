@@ -83,7 +83,7 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
     first = torch.full((G,), math.nan, dtype=torch.float64)
     m_cfg = exp.measure
     measure_batch = Batch((x_train[: m_cfg.batch_size].to(device, dtype),), y_train[: m_cfg.batch_size].to(device))
-    trackers = [SharpnessTracker(tol=m_cfg.tol, top_k=m_cfg.top_k) for _ in range(G)]
+    trackers = [SharpnessTracker(tol=m_cfg.tol, top_k=m_cfg.top_k, loss=exp.loss) for _ in range(G)]
     curves = [{k: [] for k in ("loss", "eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")} for _ in range(G)]
     status = ["done"] * G
     base_lr = {n: v.clone() for n, v in lr.items()}
@@ -94,12 +94,15 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
         if m_cfg.sharpness_every and step % m_cfg.sharpness_every == 0 and (not adam or step > 0):
             _measure(members, params, names, trials, exp, adam, exp_avg_sq, eps, step, beta2, alive, trackers,
                      curves, measure_batch)
-        idx = torch.stack([torch.randint(0, len(y_train), (exp.batch_size,), generator=g) for g in gens])
+        if exp.full_batch:
+            idx = torch.arange(len(y_train)).expand(G, -1)
+        else:
+            idx = torch.stack([torch.randint(0, len(y_train), (exp.batch_size,), generator=g) for g in gens])
         xb = x_train[idx].to(device, dtype)
         yb = y_train[idx].to(device)
         live = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         out = batched(live, xb)
-        losses = _member_losses(out, yb)
+        losses = _member_losses(out, yb, exp.loss)
         values = losses.detach().double().cpu()
         for k in range(G):
             if not alive[k]:
@@ -141,7 +144,7 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
                 for k in range(G):
                     if alive[k]:
                         curves[k]["eval_step"].append(step + 1)
-                        curves[k]["eval_loss"].append(task_loss(outs[k], y_test.to(device)).item())
+                        curves[k]["eval_loss"].append(task_loss(outs[k], y_test.to(device), exp.loss).item())
     results = []
     for k, trial in enumerate(trials):
         c = curves[k]
@@ -154,13 +157,13 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
     return results
 
 
-def _member_losses(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _member_losses(out: torch.Tensor, targets: torch.Tensor, kind: str = "ce") -> torch.Tensor:
     """Each member's mean loss: one batched call for classification, else member by member."""
-    if not targets.is_floating_point() and out.ndim == targets.ndim + 1:
+    if kind == "ce" and not targets.is_floating_point() and out.ndim == targets.ndim + 1:
         G = out.shape[0]
         flat = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), targets.reshape(-1), reduction="none")
         return flat.view(G, -1).mean(dim=1)
-    return torch.stack([task_loss(out[k], targets[k]) for k in range(out.shape[0])])
+    return torch.stack([task_loss(out[k], targets[k], kind) for k in range(out.shape[0])])
 
 
 def _measure(members, params, names, trials, exp, adam, exp_avg_sq, eps, step, beta2, alive, trackers, curves,

@@ -76,6 +76,11 @@ def _data(exp: Experiment):
         xt, yt = tensors(cifar10(exp.data_root, train=False, augment=False, verify=v),
                          limit=max(exp.num_samples // 5, 1))
         return x, y, xt, yt
+    if exp.dataset == "linear":
+        from ..data import linear_task  # noqa: PLC0415
+
+        X, Y, _ = linear_task(exp.input_dim)
+        return X, Y, X, Y
     if exp.dataset == "mnist1d":
         from ..data import mnist1d  # noqa: PLC0415
 
@@ -142,7 +147,7 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
     g = torch.Generator().manual_seed(trial["seed"])
     m = exp.measure
     measure_batch = Batch((x_train[: m.batch_size].to(device, dtype),), y_train[: m.batch_size].to(device))
-    tracker = SharpnessTracker(tol=m.tol, top_k=m.top_k)
+    tracker = SharpnessTracker(tol=m.tol, top_k=m.top_k, loss=exp.loss)
     curves: dict[str, list] = {k: [] for k in ("loss", "eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")}
     status, first = "done", None
     for step in range(exp.steps):
@@ -157,8 +162,9 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
                 curves["sharp_step"].append(step)
                 curves["sharpness"].append(r.sharpness)
                 curves["hvps"].append(r.hvps)
-        idx = torch.randint(0, len(y_train), (exp.batch_size,), generator=g)
-        loss = task_loss(model(x_train[idx].to(device, dtype)), y_train[idx].to(device))
+        idx = torch.arange(len(y_train)) if exp.full_batch else torch.randint(0, len(y_train), (exp.batch_size,),
+                                                                                 generator=g)
+        loss = task_loss(model(x_train[idx].to(device, dtype)), y_train[idx].to(device), exp.loss)
         value = loss.item()
         curves["loss"].append(value)
         first = value if first is None else first
@@ -171,7 +177,8 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
         if (step + 1) % m.eval_every == 0 or step + 1 == exp.steps:
             with torch.no_grad():
                 curves["eval_step"].append(step + 1)
-                curves["eval_loss"].append(task_loss(model(x_test.to(device, dtype)), y_test.to(device)).item())
+                curves["eval_loss"].append(task_loss(model(x_test.to(device, dtype)), y_test.to(device),
+                                                     exp.loss).item())
     tail = curves["loss"][-max(1, exp.steps // 10):]
     final = float(np.mean(tail)) if status == "done" else math.inf
     final_eval = curves["eval_loss"][-1] if curves["eval_loss"] and status == "done" else math.inf
