@@ -61,7 +61,9 @@ def main() -> None:
     widths = tuple(int(w) for w in args.widths.split(","))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, mlp.IN_DIM, generator=g), torch.randint(0, mlp.CLASSES, (32,), generator=g)
-    times = {"mup": [], "mupdsl": []}
+    # mup's nsteps = T records the states t = 0 … T-1 (the T-th update is never looked at); mupdsl's steps = T
+    # records t = 0 … T. "Same states" runs mupdsl with T-1 steps: both then report t = 0 … T-1.
+    times = {"mup": [], "mupdsl": [], "same_states": []}
     for _ in range(args.repeats):
         start = time.perf_counter()
         mup_coord(widths, args.steps, args.seeds, x, y)
@@ -70,9 +72,13 @@ def main() -> None:
         result = coordcheck("mup", "mupdsl.models.mlp", widths=widths, steps=args.steps, seeds=args.seeds,
                             batch_size=32)
         times["mupdsl"].append(time.perf_counter() - start)
-    a, b = statistics.median(times["mup"]), statistics.median(times["mupdsl"])
-    print(f"| MLP depth 2, widths {args.widths}, {args.steps} steps, {args.seeds} seeds, CPU: mup get_coord_data / "
-          f"mupdsl coordcheck | {a:.2f} s / {b:.2f} s = {a / b:.2f}x (mupdsl verdict {result.verdict}) |")
+        start = time.perf_counter()
+        coordcheck("mup", "mupdsl.models.mlp", widths=widths, steps=args.steps - 1, seeds=args.seeds, batch_size=32)
+        times["same_states"].append(time.perf_counter() - start)
+    a, b, c = (statistics.median(times[k]) for k in ("mup", "mupdsl", "same_states"))
+    print(f"| MLP depth 2, widths {args.widths}, {args.seeds} seeds, CPU: mup get_coord_data (nsteps {args.steps}) / "
+          f"mupdsl coordcheck (steps {args.steps}) / mupdsl with the same recorded states (steps {args.steps - 1}) | "
+          f"{a:.3f} s / {b:.3f} s / {c:.3f} s = {a / b:.2f}x / {a / c:.2f}x (verdict {result.verdict}) |")
 
 
 if __name__ == "__main__":
