@@ -301,7 +301,8 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, en
             ran += 1
             diverged += status == "diverged"
             crashed += status == "crashed"
-            say(f"[{ran}/{len(todo)}] {trial['spec']} width {trial['width']} depth {trial['depth']} lr {trial['lr']:.4g} seed {trial['seed']}"
+            depth = f" depth {trial['depth']}" if trial["depth"] is not None else ""
+            say(f"[{ran}/{len(todo)}] {trial['spec']} width {trial['width']}{depth} lr {trial['lr']:.4g} seed {trial['seed']}"
                 f": {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
     store.close()
     skipped = len(done & {t["id"] for t in trials})
