@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch.nn import functional as F
 
@@ -85,11 +83,6 @@ SHAPE_ONLY = {
 }
 
 
-def node_target(node: torch.fx.Node) -> object:
-    """The op a node applies: the function, or the method name for call_method."""
-    return node.target
-
-
 def weight_slots(node: torch.fx.Node) -> dict[int, WeightSlot]:
     if node.op == "call_function":
         return _SLOTS.get(node.target, {})
@@ -120,5 +113,3 @@ def is_matmul(node: torch.fx.Node) -> bool:
 def is_one_of(node: torch.fx.Node, table: set) -> bool:
     return node.op in ("call_function", "call_method") and node.target in table
 
-
-Target = Callable | str

@@ -23,8 +23,8 @@ from ..measure.losses import task_loss
 from ..measure.sharpness import SharpnessTracker, eos_threshold
 from ..spec import apply_overrides, load_spec
 from .experiment import Experiment
+from .run import DIVERGED_FACTOR
 
-DIVERGED_FACTOR = 1e3
 
 
 def groupable(compiled) -> bool:
