@@ -100,6 +100,9 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         self.device = next(iter(self.params.values())).device
         self.dtype = next(iter(self.params.values())).dtype
+        # one private copy of the buffers per operator: no measurement can touch the model's own, and the
+        # HVP hot path does not clone them again (a forward that mutated them would fail inside torch.func)
+        self.buffers = {n: b.clone() for n, b in model.named_buffers()}
         self.batches = batch.split(micro_batch)
         self.total = batch.targets.shape[0]
         self.hvps = 0
@@ -112,11 +115,8 @@ class HessianOperator:
     def flatten(self, d: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([d[n].reshape(-1) for n in self.names])
 
-    def _buffers(self) -> dict[str, torch.Tensor]:
-        return {n: b.clone() for n, b in self.model.named_buffers()}
-
     def _loss_of(self, params: dict[str, torch.Tensor], b: Batch) -> torch.Tensor:
-        out = functional_call(self.model, (params, self._buffers()), b.inputs)
+        out = functional_call(self.model, (params, self.buffers), b.inputs)
         return self.loss(out, b.targets) * (b.targets.shape[0] / self.total)
 
     def _context(self):
@@ -169,10 +169,8 @@ class HessianOperator:
         return self._accumulate(lambda b: self._gnvp_one(tangent, b))
 
     def _gnvp_one(self, tangent: dict[str, torch.Tensor], b: Batch) -> dict[str, torch.Tensor]:
-        buffers = self._buffers()
-
         def outputs(p):
-            return logits_of(functional_call(self.model, (p, buffers), b.inputs))
+            return logits_of(functional_call(self.model, (p, self.buffers), b.inputs))
 
         out, jv = jvp(outputs, (self.params,), (tangent,))
         o = out.detach().requires_grad_(True)  # H_ℓ u in the outputs: small, by double backward
