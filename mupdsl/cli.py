@@ -299,7 +299,7 @@ def _widths(text: str) -> tuple[int, ...]:
 @click.option("--steps", type=int, default=4, show_default=True)
 @click.option("--optimizer", "-o", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
-              help="Override a hyperparameter (eta0 defaults to 0.5 for SGD, 0.01 for Adam).")
+              help="Override a hyperparameter (eta0 defaults to 0.1 for SGD, 0.005 for Adam).")
 @click.option("--seeds", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--data", type=click.Choice(["example", "mnist1d"]), default="example", show_default=True)

@@ -25,6 +25,8 @@ WIDTH_TABLE = {
     ("richness", "sgd"): [(0, 0, -1), (H, 0, -1), (1, 0, -1)],
     # u-µP (unit-scaling lr_scale_func_adam): hidden mult and LR fan_in^-1/2, readout 1/fan_in.
     ("umup", "adam"): [(0, 0, 0), (H, 0, H), (1, 0, 0)],
+    # u-µP's SGD section: µP's SGD moved into the unit-init form (TP5 Lemma J.1), 2a+c as ("mup", "sgd").
+    ("umup", "sgd"): [(0, 0, -1), (H, 0, -1), (1, 0, -1)],
 }
 for depth_preset in ("depth_mup_k1", "depth_mup_k2", "completep"):
     for opt in ("sgd", "adam"):

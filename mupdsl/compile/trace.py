@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from .errors import CompileError
+from .torch_nn import traceable_forward, traced_through
 
 
 @dataclass
@@ -32,7 +33,14 @@ class _LeafTracer(fx.Tracer):
         self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+        if qualname in self.leaves:
+            return True
+        return not traced_through(m) and super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if not self.is_leaf_module(m, self.path_of_module(m)):
+            forward = traceable_forward(self, m, forward)
+        return super().call_module(m, forward, args, kwargs)
 
 
 def _failing_module(tb) -> str | None:

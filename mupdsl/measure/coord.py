@@ -29,10 +29,10 @@ import torch
 from torch import fx
 
 from ..compile import CompiledModel, compile_model, load_factory
-from ..spec import Spec, load_spec
+from ..spec import Spec, apply_overrides, load_spec
 from .losses import logits_of, task_loss
 
-DEFAULT_LR = {"sgd": 0.5, "adam": 0.01, "adamw": 0.01}
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.005, "adamw": 0.005}
 """Learning rates large enough that SP's blow-up shows within 4 steps on the reference models (measured, see
 docs/coordcheck.md); ``--set eta0=…`` overrides."""
 
@@ -184,7 +184,7 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     if "eta0" in spec.hypers and "eta0" not in overrides:
         overrides["eta0"] = DEFAULT_LR[optimizer]
-    spec = load_spec(spec.path, overrides) if overrides else spec
+    spec = apply_overrides(spec, overrides) if overrides else spec
     eta0 = float(spec.hypers["eta0"].value) if "eta0" in spec.hypers else float("nan")
     factory = load_factory(model)
     widths = tuple(sorted(widths))
@@ -207,7 +207,8 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
             opt = compiled.optimizer()
             start: dict[str, torch.Tensor] = {}
             for step in range(steps + 1):
-                out = tapper.run(*inputs)
+                with torch.set_grad_enabled(step < steps):  # the last state is only looked at
+                    out = tapper.run(*inputs)
                 values = dict(tapper.values)
                 values["output"] = logits_of(out).detach()
                 if step == 0:

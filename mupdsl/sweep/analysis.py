@@ -11,8 +11,11 @@ import numpy as np
 
 
 def eta_star(lrs: list[float], losses: list[float]) -> float:
-    """Minimiser of the loss over a log-spaced lr grid: the vertex of the parabola through the grid minimum and
-    its two neighbours (in log η), clamped to them; the grid minimum at an edge or next to a diverged point."""
+    """Minimiser of the loss over a log-spaced lr grid: the vertex of the parabola (in log η) fitted by least
+    squares to the grid minimum and two neighbours on each side — or one, where the grid or a diverged point ends
+    it — clamped to the nearest neighbours; the grid minimum at an edge or next to a diverged point. Five points
+    rather than three because near the optimum the loss is flat and a single trial's noise decides which grid
+    point is lowest."""
     order = np.argsort(lrs)
     x = np.log(np.asarray(lrs, dtype=float)[order])
     y = np.asarray(losses, dtype=float)[order]
@@ -20,7 +23,9 @@ def eta_star(lrs: list[float], losses: list[float]) -> float:
         return math.nan
     i = int(np.nanargmin(np.where(np.isfinite(y), y, np.nan)))
     if 0 < i < len(x) - 1 and np.all(np.isfinite(y[i - 1:i + 2])):
-        a, b, _ = np.polyfit(x[i - 1:i + 2], y[i - 1:i + 2], 2)
+        window = slice(i - 2, i + 3) if 1 < i < len(x) - 2 and np.all(np.isfinite(y[i - 2:i + 3])) \
+            else slice(i - 1, i + 2)
+        a, b, _ = np.polyfit(x[window], y[window], 2)
         if a > 0:
             return float(math.exp(min(max(-b / (2 * a), x[i - 1]), x[i + 1])))
     return float(math.exp(x[i]))
