@@ -62,6 +62,11 @@ def test_eta_star_on_known_curves():
         assert eta_star(lrs, losses) == pytest.approx(true, rel=1e-9)   # exact for a parabola in log η
     losses = [1.0] * 8 + [math.inf]
     assert min(abs(eta_star(lrs, losses) - lr) for lr in lrs) < 1e-12   # a grid point when flat
+    # A flat bottom with trial noise: the lowest grid point is one step off the true optimum (2^-4); the
+    # five-point fit lands within 0.2 grid steps of it (-3.82), the three-point fit 0.53 steps off (-3.47).
+    noise = [0.0, 0.0, 0.0, 0.01, 0.01, -0.012, 0.0, 0.0, 0.0]
+    losses = [0.02 * (math.log2(lr) + 4) ** 2 + 1 + e for lr, e in zip(lrs, noise)]
+    assert abs(math.log2(eta_star(lrs, losses)) + 4) < 0.2
     trials = [{"spec": "a", "width": w, "lr": lr, "status": "done", "seed": 0,
                "final_loss": (math.log(lr) - math.log(2.0 ** -4 * (1 if s == "a" else w / 16))) ** 2}
               for s in ("a", "b") for w in (16, 64, 256) for lr in lrs]
