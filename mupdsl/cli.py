@@ -21,8 +21,9 @@ from .spec import OPTIMIZERS, ROLES, SpecError, differences, explain, load_spec,
 from .spec.abc import Explanation, fmt
 
 def _console(stream) -> Console:
-    # Rich assumes 80 columns when not on a terminal; tables of exponents need more to stay readable.
-    width = None if stream.isatty() else shutil.get_terminal_size((150, 40)).columns
+    # Rich assumes 80 columns when not on a terminal; piped or captured tables of exponents need more to stay
+    # readable (and greppable), whatever COLUMNS says
+    width = None if stream.isatty() else max(150, shutil.get_terminal_size((150, 40)).columns)
     return Console(file=stream, highlight=False, width=width)
 
 

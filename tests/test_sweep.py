@@ -152,14 +152,22 @@ def test_gate_stops_the_sweep(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_grouped_equals_one_at_a_time(tmp_path, optimizer):
+def test_grouped_equals_one_at_a_time(tmp_path, monkeypatch, optimizer):
+    """Losses over 20 steps and every measurement (sharpness, trace, directional, NTK) of a vmapped group equal
+    the one-at-a-time trials; the group's sharpness comes from the batched Lanczos, not a per-member fallback."""
     import numpy as np
     import torch
 
+    from mupdsl.sweep import grouped
     from mupdsl.sweep.grouped import run_group
     from mupdsl.sweep.run import _data, run_trial
 
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the group measured member by member")
+
+    monkeypatch.setattr(grouped, "measure", no_fallback)
     text = TINY.replace("steps = 15", "steps = 20").replace('optimizer = "sgd"', "")
+    text = text.replace("batch_size = 32\n", "batch_size = 32\ntrace_samples = 4\ndirectional = true\nntk = true\n")
     text = text.replace('dataset = "teacher"', f'dataset = "teacher"\noptimizer = "{optimizer}"\nseeds = [0, 1]')
     if optimizer == "adam":
         text = text.replace("[0.05, 0.2, 0.8]", "[0.001, 0.01, 0.05]")
@@ -173,6 +181,10 @@ def test_grouped_equals_one_at_a_time(tmp_path, optimizer):
         assert status == s
         np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(curves["sharpness"], c["sharpness"], rtol=1e-3)
+        assert len(curves["sharpness"]) == (4 if optimizer == "sgd" else 3)
+        for key in ("trace", "trace_stderr", "directional", "ntk"):
+            np.testing.assert_allclose(curves[key], c[key], rtol=1e-3, err_msg=key)
+        np.testing.assert_array_equal(curves["hvps"], c["hvps"])
 
 
 @pytest.mark.parametrize("runner", ["gamma_eta_phase", "consistency_widths", "linear_theory",

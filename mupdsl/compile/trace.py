@@ -130,6 +130,10 @@ def _functional(module: nn.Module):
 
 def _normalize(graph: fx.Graph, root: nn.Module) -> None:
     for node in list(graph.nodes):
+        if isinstance(node.type, str):
+            # a string annotation (``from __future__ import annotations`` in the model's file) ends up in the
+            # generated code's globals, which torch < 2.12 cannot pickle
+            node.type = None
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
         module = root.get_submodule(node.target)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from .losses import logits_of, task_loss
 
@@ -55,6 +55,14 @@ def preserved_state(model: nn.Module, mode: str) -> Iterator[None]:
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def measuring(model: nn.Module, mode: str) -> contextlib.ExitStack:
+    """The context of every product: ``mode`` with the model's state restored afterwards, attention on math."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(preserved_state(model, mode))
+    stack.enter_context(math_attention())
+    return stack
 
 
 def math_attention():
@@ -120,10 +128,7 @@ class HessianOperator:
         return self.loss(out, b.targets) * (b.targets.shape[0] / self.total)
 
     def _context(self):
-        stack = contextlib.ExitStack()
-        stack.enter_context(preserved_state(self.model, self.mode))
-        stack.enter_context(math_attention())
-        return stack
+        return measuring(self.model, self.mode)
 
     # values -------------------------------------------------------------------------------------------------
     def loss_value(self) -> float:
@@ -179,3 +184,70 @@ class HessianOperator:
         (hjv,) = torch.autograd.grad(g_out, o, grad_outputs=jv)
         _, pullback = vjp(outputs, self.params)
         return pullback(hjv)[0]
+
+
+class StackedHessianOperator:
+    """``V -> (H_i V_i)_i`` for G models of one architecture: ``model`` is the template and ``params`` its
+    parameters stacked along a leading member axis (as the grouped sweep trains them); row i of ``V`` is a flat
+    vector of member i. One vmapped forward-over-reverse product per call, on the loss of the whole batch as in
+    :class:`HessianOperator`. Models with buffers are refused: the members would share them."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch, loss: LossFn | str = "ce",
+                 mode: str = "eval", micro_batch: int | None = None) -> None:
+        if any(True for _ in model.named_buffers()):
+            raise ValueError("a stacked Hessian needs a model without buffers (BatchNorm statistics are per model)")
+        self.model = model
+        self.loss = loss_by_name(loss) if isinstance(loss, str) else loss
+        self.mode = mode
+        self.names = list(params)
+        self.params = {n: p.detach() for n, p in params.items()}
+        first = next(iter(self.params.values()))
+        self.count, self.device, self.dtype = first.shape[0], first.device, first.dtype
+        self.shapes = [p.shape[1:] for p in self.params.values()]
+        self.sizes = [p[0].numel() for p in self.params.values()]
+        self.dim = sum(self.sizes)
+        self.batches = batch.split(micro_batch)
+        self.total = batch.targets.shape[0]
+        self.hvps = 0
+
+    def unflatten(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: t.reshape(V.shape[0], *s) for n, t, s in zip(self.names, torch.split(V, self.sizes, dim=1),
+                                                                  self.shapes)}
+
+    def flatten(self, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([d[n].reshape(d[n].shape[0], -1) for n in self.names], dim=1)
+
+    def _members(self, members: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if members is None or len(members) == self.count:
+            return self.params
+        return {n: p[members] for n, p in self.params.items()}
+
+    def _loss_of(self, params: dict[str, torch.Tensor], b: Batch) -> torch.Tensor:
+        return self.loss(functional_call(self.model, params, b.inputs), b.targets) * (b.targets.shape[0] / self.total)
+
+    def _accumulate(self, per_batch: Callable[[Batch], dict[str, torch.Tensor]], rows: int) -> torch.Tensor:
+        with measuring(self.model, self.mode):
+            total = torch.zeros(rows, self.dim, device=self.device, dtype=self.dtype)
+            for b in self.batches:
+                total += self.flatten(per_batch(b))
+        return total
+
+    def hvp(self, V: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """Row i: H_{members[i]} V[i] (all members, in order, when ``members`` is None); one HVP per row."""
+        self.hvps += V.shape[0]
+        params, tangent = self._members(members), self.unflatten(V.to(self.dtype))
+
+        def per_batch(b: Batch) -> dict[str, torch.Tensor]:
+            def one(p, t):
+                return jvp(lambda q: grad(self._loss_of)(q, b), (p,), (t,))[1]
+
+            return vmap(one)(params, tangent)
+
+        return self._accumulate(per_batch, V.shape[0])
+
+    __call__ = hvp
+
+    def gradient(self, members: torch.Tensor | None = None) -> torch.Tensor:
+        params = self._members(members)
+        rows = next(iter(params.values())).shape[0]
+        return self._accumulate(lambda b: vmap(grad(lambda p: self._loss_of(p, b)))(params), rows)

@@ -5,14 +5,21 @@ indefinite preconditioned Hessian; Lanczos converges at a rate set by the gap re
 and finds the algebraic extremes. The stopping test is on the Ritz residual ‖A y − θ y‖ = |β_j s_j|, which
 bounds the eigenvalue error (Bauer–Fike for symmetric matrices: some eigenvalue lies within the residual of θ).
 A warm start (the previous eigenvectors, e.g. along a training run) cuts the iterations.
+
+:func:`lanczos_batched` runs one independent Lanczos per operator of a family ``A_1 … A_G`` in lock-step, so that
+each step costs one batched product (e.g. the vmapped HVPs of a group of models trained together); a member that
+has converged leaves the batch. :func:`lanczos` is the family of one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+
+BatchedOperator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``op(V, members)``: row i of the result is ``A_{members[i]} V[i]``."""
 
 
 @dataclass
@@ -30,6 +37,16 @@ class Eigen:
         return self.values[0]
 
 
+def _start_vector(start: torch.Tensor | Sequence[torch.Tensor] | None, noise: torch.Tensor) -> torch.Tensor:
+    if start is None:
+        q = noise
+    else:
+        starts = start if isinstance(start, (list, tuple)) else [start]
+        q = sum(s.to(noise) / (s.norm() + 1e-30) for s in starts)
+        q = q + 1e-3 * noise / noise.norm()  # keeps every direction reachable
+    return q / q.norm()
+
+
 def lanczos(op: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 1, *, tol: float = 1e-3,
             max_iter: int = 200, start: torch.Tensor | list[torch.Tensor] | None = None, seed: int = 0,
             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Eigen:
@@ -39,53 +56,63 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 1, *,
     value is within ``tol`` (relative to the top one) of an eigenvalue. ``start``: a vector or a list of vectors
     (previous eigenvectors) to warm-start from.
     """
+    (eigen,) = lanczos_batched(lambda V, _members: op(V[0]).unsqueeze(0), 1, dim, k, tol=tol, max_iter=max_iter,
+                               starts=[start], seed=seed, device=device, dtype=dtype)
+    return eigen
+
+
+def lanczos_batched(op: BatchedOperator, count: int, dim: int, k: int = 1, *, tol: float = 1e-3,
+                    max_iter: int = 200, starts: Sequence | None = None, seed: int = 0,
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[Eigen]:
+    """Top-``k`` algebraic eigenpairs of each of ``count`` symmetric operators on R^dim (same rule as
+    :func:`lanczos`, member by member). ``starts[i]``: member i's warm start (or None). Every member's random
+    part is the same vector (drawn from ``seed``), so a member's answer does not depend on its batch-mates."""
     k = max(1, min(k, dim))
     g = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(dim, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    if start is None:
-        q = noise
-    else:
-        starts = start if isinstance(start, (list, tuple)) else [start]
-        q = sum(s.to(device=device, dtype=dtype) / (s.norm() + 1e-30) for s in starts)
-        q = q + 1e-3 * noise / noise.norm()  # keeps every direction reachable
-    q = q / q.norm()
+    starts = list(starts) if starts is not None else [None] * count
     steps = min(max_iter, dim)
-    Q = torch.empty(steps + 1, dim, device=device, dtype=dtype)  # rows: the Lanczos basis, filled in place
-    Q[0] = q
-    alphas: list[float] = []
-    betas: list[float] = []
-    hvps = 0
-    values, vecs_t, residuals = [0.0], None, [float("inf")]
-    converged = False
+    capacity = min(steps + 1, 16)  # the basis grows by doubling: most warm-started runs stop within a few steps
+    Q = torch.empty(count, capacity, dim, device=device, dtype=dtype)  # Q[i, j]: member i's j-th Lanczos vector
+    Q[:, 0] = torch.stack([_start_vector(s, noise) for s in starts])
+    alphas = torch.zeros(count, steps, dtype=torch.float64)
+    betas = torch.zeros(count, steps, dtype=torch.float64)
+    active = torch.arange(count)
+    results: list[Eigen | None] = [None] * count
     for j in range(steps):
-        w = op(Q[j])
-        hvps += 1
-        alpha = float(torch.dot(w, Q[j]))
-        alphas.append(alpha)
-        basis = Q[: j + 1]
+        W = op(Q[:, j], active.to(device))
+        alphas[:, j] = (W * Q[:, j]).sum(-1).double().cpu()
+        basis = Q[:, : j + 1]
         for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
-            w = w - basis.T @ (basis @ w)
-        beta = float(w.norm())
-        T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if betas:
-            off = torch.tensor(betas, dtype=torch.float64)
-            T += torch.diag(off, 1) + torch.diag(off, -1)
+            W = W - torch.bmm(basis.transpose(1, 2), torch.bmm(basis, W.unsqueeze(-1))).squeeze(-1)
+        beta = W.norm(dim=-1).double().cpu()
+        T = torch.diag_embed(alphas[:, : j + 1])
+        if j:
+            T += torch.diag_embed(betas[:, :j], 1) + torch.diag_embed(betas[:, :j], -1)
         theta, S = torch.linalg.eigh(T)
-        order = torch.argsort(theta, descending=True)
-        theta, S = theta[order], S[:, order]
-        m = min(k, len(alphas))
-        values = [float(t) for t in theta[:m]]
-        residuals = [abs(beta * float(S[-1, i])) for i in range(m)]
-        vecs_t = S[:, :m]
-        scale = max(abs(values[0]), 1e-12)
-        if len(alphas) >= k and all(r <= tol * scale for r in residuals):
-            converged = True
+        theta, S = theta.flip(-1), S.flip(-1)  # descending
+        m = min(k, j + 1)
+        residuals = (beta.unsqueeze(-1) * S[:, -1, :m]).abs()
+        scale = theta[:, 0].abs().clamp_min(1e-12)
+        done = ((j + 1 >= k) & (residuals <= tol * scale.unsqueeze(-1)).all(-1))
+        invariant = beta <= 1e-10 * scale  # an invariant subspace: the Ritz values are exact
+        finished = done | invariant | torch.tensor(j + 1 == steps)
+        for i in torch.nonzero(finished).flatten().tolist():
+            y = S[i, :, :m].to(device=device, dtype=dtype)
+            vectors = [basis[i].T @ y[:, c] for c in range(m)]
+            results[int(active[i])] = Eigen(theta[i, :m].tolist(), vectors, residuals[i].tolist(), j + 1,
+                                            bool(done[i] or (invariant[i] and j + 1 >= k)))
+        keep = ~finished
+        if not keep.any():
             break
-        if beta <= 1e-10 * scale:  # an invariant subspace: the Ritz values are exact
-            converged = len(alphas) >= k
-            break
-        betas.append(beta)
-        Q[j + 1] = w / beta
-    basis = Q[: vecs_t.shape[0]]
-    vectors = [basis.T @ vecs_t[:, i].to(dtype=Q.dtype, device=Q.device) for i in range(vecs_t.shape[1])]
-    return Eigen(values, vectors, residuals, hvps, converged)
+        if not keep.all():
+            idx = torch.nonzero(keep).flatten()
+            Q, W, beta = Q[idx.to(device)], W[idx.to(device)], beta[idx]
+            alphas, betas, active = alphas[idx], betas[idx], active[idx]
+        betas[:, j] = beta
+        if j + 1 >= Q.shape[1]:
+            grown = torch.empty(Q.shape[0], min(steps + 1, 2 * Q.shape[1]), dim, device=device, dtype=dtype)
+            grown[:, : Q.shape[1]] = Q
+            Q = grown
+        Q[:, j + 1] = W / beta.to(device=device, dtype=dtype).unsqueeze(-1)
+    return results  # type: ignore[return-value]

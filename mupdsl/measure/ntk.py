@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-from .hvp import Batch, math_attention, preserved_state
+from .hvp import Batch, measuring
 from .losses import logits_of
 
 
@@ -22,7 +22,7 @@ def jacobian(model: nn.Module, batch: Batch, names: list[str], mode: str = "eval
         out = logits_of(functional_call(model, (p, buffers), tuple(x.unsqueeze(0) for x in xs)))
         return out.reshape(-1)
 
-    with preserved_state(model, mode), math_attention():
+    with measuring(model, mode):
         jac = vmap(jacrev(single), in_dims=(None,) + (0,) * len(batch.inputs))(params, *batch.inputs)
     rows = jac[names[0]].shape[0] * jac[names[0]].shape[1]
     return torch.cat([jac[n].reshape(rows, -1) for n in names], dim=1)

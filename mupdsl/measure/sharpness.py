@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .hutchinson import hutchinson
-from .hvp import Batch, HessianOperator
-from .lanczos import Eigen, lanczos
+from .hutchinson import hutchinson, hutchinson_batched
+from .hvp import Batch, HessianOperator, StackedHessianOperator
+from .lanczos import Eigen, lanczos, lanczos_batched
 
 
 def preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
@@ -138,6 +138,59 @@ class SharpnessTracker:
         self.previous = result.vectors
         self.history.append(result)
         return result
+
+
+def measure_stacked(model: nn.Module, params: dict[str, torch.Tensor], batch: Batch, *, loss: str = "ce",
+                    scale: torch.Tensor | None = None, top_k: int = 1, tol: float = 1e-3,
+                    starts: list[list[torch.Tensor] | None] | None = None, trace_samples: int = 0,
+                    directional: bool = False, mode: str = "eval", micro_batch: int | None = None, seed: int = 0
+                    ) -> list[SharpnessResult]:
+    """:func:`measure` for G models of one architecture at once: ``params`` stacked along a leading member axis,
+    ``scale`` the (G, P) rows of each member's S. Each Lanczos step is one vmapped HVP over the members still
+    running; every member gets the answer it would get alone (same start, same stopping rule)."""
+    hessian = StackedHessianOperator(model, params, batch, loss, mode, micro_batch)
+    S = None if scale is None else scale.to(hessian.device, hessian.dtype)
+
+    def op(V: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        if S is None:
+            return hessian.hvp(V, members)
+        return S[members] * hessian.hvp(S[members] * V, members)
+
+    common = dict(device=hessian.device, dtype=hessian.dtype)
+    eigens = lanczos_batched(op, hessian.count, hessian.dim, top_k, tol=tol, starts=starts, seed=seed, **common)
+    results = [SharpnessResult(e.top, e.values, None, e.hvps, e.residuals, e.converged, vectors=e.vectors)
+               for e in eigens]
+    if trace_samples:
+        for r, t in zip(results, hutchinson_batched(op, hessian.count, hessian.dim, trace_samples, seed=seed,
+                                                    **common)):
+            r.trace, r.trace_stderr = t.value, t.stderr
+    if directional:
+        everyone = torch.arange(hessian.count, device=hessian.device)
+        U = hessian.gradient() if S is None else S * hessian.gradient()
+        AU = op(U, everyone)
+        quotients = (U * AU).sum(-1) / (U * U).sum(-1).clamp_min(1e-30)
+        for r, q in zip(results, quotients.tolist()):
+            r.directional = q
+    return results
+
+
+class StackedSharpnessTracker:
+    """:class:`SharpnessTracker` for the members of a group: member i warm-starts from its own last vectors;
+    ``members`` names which of them are measured (e.g. those that have not diverged)."""
+
+    def __init__(self, **measure_kwargs: Any) -> None:
+        self.kwargs = measure_kwargs
+        self.previous: dict[int, list[torch.Tensor]] = {}
+
+    def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch, members: list[int],
+                 scale: torch.Tensor | None = None) -> dict[int, SharpnessResult]:
+        index = torch.tensor(members, device=next(iter(params.values())).device)
+        subset = {n: p[index] for n, p in params.items()}
+        results = measure_stacked(model, subset, batch, scale=None if scale is None else scale[index],
+                                  starts=[self.previous.get(k) for k in members], **self.kwargs)
+        for k, r in zip(members, results):
+            self.previous[k] = r.vectors
+        return dict(zip(members, results))
 
 
 def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any

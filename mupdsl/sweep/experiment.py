@@ -79,6 +79,12 @@ class Measure(BaseModel):
     eval_every: int = Field(10, ge=1)
     tol: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=1)
+    trace_samples: int = Field(0, ge=0)
+    """Hutchinson samples for tr(S H S) at each sharpness measurement (0: off)."""
+    directional: bool = False
+    """Directional sharpness uᵀAu/‖u‖² along the preconditioned gradient u = S g (seed 002 App. I)."""
+    ntk: bool = False
+    """Top eigenvalue of the empirical NTK J S² Jᵀ / n on the measurement batch (small models: dense Jacobian)."""
 
 
 class Experiment(BaseModel):

@@ -1,7 +1,9 @@
 """Trials grouped by shape: every trial of one (spec, width, γ) — its learning rates and seeds — trained as one
 vmapped model (``torch.func.functional_call`` over stacked parameters), with per-model, per-tensor learning rates
 for SGD and Adam/AdamW and NaN masking: a diverged member stops updating and is recorded as diverged while the
-others go on. Models with buffers (BatchNorm) fall back to one-at-a-time, with a notice.
+others go on. Models with buffers (BatchNorm) fall back to one-at-a-time, with a notice. The sharpness of the
+members is measured together too: one batched Lanczos whose every step is one vmapped HVP over the live members
+(:func:`mupdsl.measure.sharpness.measure_stacked`), member by member only where that cannot apply.
 
 Each member sees exactly the minibatches and the initial weights it would see alone, so a group reproduces the
 one-at-a-time trials (tested to 1e-5 in float32 over 20 steps).
@@ -20,11 +22,11 @@ from torch.func import functional_call, vmap
 from ..compile import compile_model
 from ..measure.hvp import Batch
 from ..measure.losses import task_loss
-from ..measure.sharpness import SharpnessTracker, eos_threshold
+from ..measure.ntk import ntk_eigenvalues
+from ..measure.sharpness import StackedSharpnessTracker, eos_threshold, measure
 from ..spec import apply_overrides, load_spec
 from .experiment import Experiment
-from .run import DIVERGED_FACTOR
-
+from .run import DIVERGED_FACTOR, measure_options, on_device, record_measurement
 
 
 def groupable(compiled) -> bool:
@@ -46,32 +48,48 @@ def compile_member(exp: Experiment, trial: dict[str, Any]):
                          base_depth=trial["base_depth"], optimizer=exp.optimizer, seed=trial["seed"])
 
 
+class FlatStack:
+    """The G members' tensors as one (G, P) buffer with a per-tensor view of each: the optimizer is then a handful
+    of elementwise kernels over the whole group instead of a dozen per tensor (what makes a group fast on a GPU),
+    while the forward sees ordinary stacked tensors (views, so gradients flow back to the flat buffer)."""
+
+    def __init__(self, names: list[str], shapes: list[torch.Size]) -> None:
+        self.names, self.shapes = names, shapes
+        self.sizes = [math.prod(s) for s in shapes]
+
+    def flat(self, per_member: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([torch.cat([m[n].reshape(-1) for n in self.names]) for m in per_member])
+
+    def per_tensor(self, values: list[list[float]], like: torch.Tensor) -> torch.Tensor:
+        """(G, P) from one value per member and tensor (``values[k][i]``: member k, tensor i)."""
+        table = torch.tensor(values, device=like.device, dtype=like.dtype)
+        sizes = torch.tensor(self.sizes, device=like.device)
+        return table.repeat_interleave(sizes, dim=1)
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        G = flat.shape[0]
+        return {n: t.reshape(G, *s) for n, t, s in zip(self.names, flat.split(self.sizes, dim=1), self.shapes)}
+
+
 def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch.device,
               members: list | None = None) -> list[tuple[str, dict, float, float]]:
     """Train the ``trials`` (same spec, width and γ) together; returns one (status, curves, loss, eval) per trial."""
-    x_train, y_train, x_test, y_test = data
     dtype = torch.float64 if exp.dtype == "float64" else torch.float32
+    x_train, y_train, x_test, y_test = on_device(data, device, dtype)
     members = members or [compile_member(exp, t) for t in trials]
     for m in members:
         m.model.to(device=device, dtype=dtype)
     template = members[0].model
     names = [t.name for t in members[0].plan.tensors]
     G = len(members)
-
-    def stacked(getter):
-        return {n: torch.stack([getter(m, n) for m in members]) for n in names}
-
-    params = stacked(lambda m, n: m.model.get_parameter(n).detach().clone())
-    shape = {n: (G,) + (1,) * (params[n].ndim - 1) for n in names}
-    lr = {n: torch.tensor([m.plan.tensor(n).lr for m in members], device=device, dtype=dtype).view(shape[n])
-          for n in names}
-    wd = {n: torch.tensor([m.plan.tensor(n).wd or 0.0 for m in members], device=device, dtype=dtype).view(shape[n])
-          for n in names}
-    eps = {n: torch.tensor([m.plan.tensor(n).eps or 1e-8 for m in members], device=device,
-                           dtype=dtype).view(shape[n]) for n in names}
+    stack = FlatStack(names, [template.get_parameter(n).shape for n in names])
+    flat = stack.flat([{n: m.model.get_parameter(n).detach() for n in names} for m in members]).clone()
+    lr = stack.per_tensor([[m.plan.tensor(n).lr for n in names] for m in members], flat)
+    wd = stack.per_tensor([[m.plan.tensor(n).wd or 0.0 for n in names] for m in members], flat)
+    eps = stack.per_tensor([[m.plan.tensor(n).eps or 1e-8 for n in names] for m in members], flat)
+    eta0 = torch.tensor([t["lr"] for t in trials], device=device, dtype=dtype).unsqueeze(1)
     adam = exp.optimizer in ("adam", "adamw")
-    exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
-    exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+    exp_avg, exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
     beta1, beta2 = 0.9, 0.999
 
     def forward(p, x):
@@ -79,81 +97,74 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
 
     batched = vmap(forward)
     gens = [torch.Generator().manual_seed(t["seed"]) for t in trials]
-    alive = torch.ones(G, dtype=torch.bool, device=device)
-    first = torch.full((G,), math.nan, dtype=torch.float64)
     m_cfg = exp.measure
-    measure_batch = Batch((x_train[: m_cfg.batch_size].to(device, dtype),), y_train[: m_cfg.batch_size].to(device))
-    trackers = [SharpnessTracker(tol=m_cfg.tol, top_k=m_cfg.top_k, loss=exp.loss) for _ in range(G)]
-    curves = [{k: [] for k in ("loss", "eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")} for _ in range(G)]
-    status = ["done"] * G
-    base_lr = {n: v.clone() for n, v in lr.items()}
+    measure_batch = Batch((x_train[: m_cfg.batch_size],), y_train[: m_cfg.batch_size])
+    tracker = StackedSharpnessTracker(**measure_options(m_cfg, exp.loss))
+    curves = [{k: [] for k in ("eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")} for _ in range(G)]
+    # losses stay on the device; divergence is decided there too, so a step needs no host round trip
+    loss_log = torch.full((exp.steps, G), math.nan, dtype=torch.float64, device=device)
+    alive = torch.ones(G, dtype=torch.bool, device=device)
+    last = torch.full((G,), exp.steps - 1, device=device)  # the last recorded step of each member
+    first = None
+    steps_run = 0
     for step in range(exp.steps):
-        if exp.warmup:
-            for n in names:
-                lr[n] = base_lr[n] * min(1.0, (step + 1) / exp.warmup)
+        factor = min(1.0, (step + 1) / exp.warmup) if exp.warmup else 1.0
         if m_cfg.sharpness_every and step % m_cfg.sharpness_every == 0 and (not adam or step > 0):
-            _measure(members, params, names, trials, exp, adam, exp_avg_sq, eps, step, beta2, alive, trackers,
-                     curves, measure_batch)
+            ratio = lr / eta0 if not adam else lr / eta0 / ((exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps)
+            _measure(template, members, stack.views(flat), names, alive.tolist(), tracker, ratio.sqrt(),
+                     measure_batch, curves, step, m_cfg.ntk)
         if exp.full_batch:
             idx = torch.arange(len(y_train)).expand(G, -1)
         else:
             idx = torch.stack([torch.randint(0, len(y_train), (exp.batch_size,), generator=g) for g in gens])
-        xb = x_train[idx].to(device, dtype)
-        yb = y_train[idx].to(device)
-        live = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        out = batched(live, xb)
-        losses = _member_losses(out, yb, exp.loss)
-        values = losses.detach().double().cpu()
-        for k in range(G):
-            if not alive[k]:
-                continue
-            v = float(values[k])
-            curves[k]["loss"].append(v)
-            if math.isnan(first[k]):
-                first[k] = v
-            if not math.isfinite(v) or v > DIVERGED_FACTOR * max(float(first[k]), 1e-8):
-                alive[k] = False
-                status[k] = "diverged"
-        if not alive.any():
+        idx = idx.to(device)
+        live = flat.detach().requires_grad_(True)
+        losses = _member_losses(batched(stack.views(live), x_train[idx]), y_train[idx], exp.loss)
+        values = losses.detach().double()
+        loss_log[step] = torch.where(alive, values, math.nan)
+        first = values if first is None else first
+        bad = alive & (~torch.isfinite(values) | (values > DIVERGED_FACTOR * first.clamp_min(1e-8)))
+        last = torch.where(bad, step, last)
+        alive &= ~bad
+        steps_run = step + 1
+        if step % 10 == 9 and not alive.any():
             break
-        mask = alive.to(dtype)
-        grads = torch.autograd.grad((torch.nan_to_num(losses) * mask).sum(), list(live.values()))
+        mask = alive.to(dtype).unsqueeze(1)
+        (g,) = torch.autograd.grad((torch.nan_to_num(losses) * mask.squeeze(1)).sum(), live)
         with torch.no_grad():
-            t = step + 1
-            for n, g in zip(names, grads):
-                keep = mask.view(shape[n])
-                g = torch.nan_to_num(g)
-                if not adam:
-                    g = g + wd[n] * params[n]
-                    params[n] = params[n] - keep * lr[n] * g
-                    continue
+            g = torch.nan_to_num(g)
+            step_lr = mask * lr * factor
+            if not adam:
+                flat = flat - step_lr * (g + wd * flat)
+            else:
                 if exp.optimizer == "adam":
-                    g = g + wd[n] * params[n]
-                # a dead member's moments may drift; its weights no longer move (keep = 0)
-                exp_avg[n].lerp_(g, 1 - beta1)
-                exp_avg_sq[n].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (exp_avg_sq[n] / (1 - beta2 ** t)).sqrt_().add_(eps[n])
-                update = exp_avg[n] / denom / (1 - beta1 ** t)
+                    g = g + wd * flat
+                t = step + 1
+                # a dead member's moments may drift; its weights no longer move (mask = 0)
+                exp_avg.lerp_(g, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                update = exp_avg / (exp_avg_sq / (1 - beta2 ** t)).sqrt_().add_(eps) / (1 - beta1 ** t)
                 if exp.optimizer == "adamw":
-                    update = update + wd[n] * params[n]
-                params[n] = params[n] - (keep * lr[n]) * update
+                    update = update + wd * flat
+                flat = flat - step_lr * update
         if (step + 1) % m_cfg.eval_every == 0 or step + 1 == exp.steps:
             with torch.no_grad():
-                xt = x_test.to(device, dtype).expand(G, *x_test.shape)
-                outs = batched(params, xt)
-                for k in range(G):
-                    if alive[k]:
-                        curves[k]["eval_step"].append(step + 1)
-                        curves[k]["eval_loss"].append(task_loss(outs[k], y_test.to(device), exp.loss).item())
+                outs = batched(stack.views(flat), x_test.expand(G, *x_test.shape))
+                for k in torch.nonzero(alive).flatten().tolist():
+                    curves[k]["eval_step"].append(step + 1)
+                    curves[k]["eval_loss"].append(task_loss(outs[k], y_test, exp.loss).item())
+    log, last, alive = loss_log.cpu().numpy(), last.clamp_max(steps_run - 1).tolist(), alive.tolist()
     results = []
     for k, trial in enumerate(trials):
         c = curves[k]
+        c["loss"] = log[: last[k] + 1, k].tolist()
+        status = "done" if alive[k] else "diverged"
         tail = c["loss"][-max(1, exp.steps // 10):]
-        final = float(np.mean(tail)) if status[k] == "done" else math.inf
-        final_eval = c["eval_loss"][-1] if c["eval_loss"] and status[k] == "done" else math.inf
+        final = float(np.mean(tail)) if status == "done" else math.inf
+        final_eval = c["eval_loss"][-1] if c["eval_loss"] and status == "done" else math.inf
         arrays = {key: np.asarray(v, dtype=float) for key, v in c.items()}
         arrays["eos"] = np.asarray([eos_threshold(exp.optimizer, trial["lr"])])
-        results.append((status[k], arrays, final, final_eval))
+        results.append((status, arrays, final, final_eval))
     return results
 
 
@@ -166,23 +177,30 @@ def _member_losses(out: torch.Tensor, targets: torch.Tensor, kind: str = "ce") -
     return torch.stack([task_loss(out[k], targets[k], kind) for k in range(out.shape[0])])
 
 
-def _measure(members, params, names, trials, exp, adam, exp_avg_sq, eps, step, beta2, alive, trackers, curves,
-             batch) -> None:
-    """Sharpness of each live member, on its own compiled model loaded with its current weights."""
-    for k, (member, trial) in enumerate(zip(members, trials)):
-        if not alive[k]:
-            continue
-        with torch.no_grad():
-            for n in names:
-                member.model.get_parameter(n).copy_(params[n][k])
-        parts = []
+def _measure(template, members, params, names, alive, tracker: StackedSharpnessTracker, scale, batch, curves, step,
+             ntk: bool) -> None:
+    """Sharpness of every live member: batched; member by member (on its own compiled model) where vmap cannot
+    apply, e.g. an op without a batching rule for forward-over-reverse."""
+    live = [k for k, on in enumerate(alive) if on]
+    try:
+        results = tracker(template, params, batch, live, scale)
+    except (RuntimeError, NotImplementedError):
+        results = {}
+        for k in live:
+            _load(members[k], params, names, k)
+            r = measure(members[k].model, batch, names=names, scale=scale[k], start=tracker.previous.get(k),
+                        **tracker.kwargs)
+            tracker.previous[k] = r.vectors
+            results[k] = r
+    for k, r in results.items():
+        value = None
+        if ntk:
+            _load(members[k], params, names, k)
+            value = ntk_eigenvalues(members[k].model, batch, names, scale[k])[0]
+        record_measurement(curves[k], step, r, value)
+
+
+def _load(member, params, names, k) -> None:
+    with torch.no_grad():
         for n in names:
-            ratio = torch.full_like(params[n][k], member.plan.tensor(n).lr / trial["lr"])
-            if adam:
-                v_hat = exp_avg_sq[n][k] / (1 - beta2 ** step)
-                ratio = ratio / (v_hat.sqrt() + eps[n][k])
-            parts.append(ratio.reshape(-1).sqrt())
-        r = trackers[k](member.model, batch, scale=torch.cat(parts), names=names)
-        curves[k]["sharp_step"].append(step)
-        curves[k]["sharpness"].append(r.sharpness)
-        curves[k]["hvps"].append(r.hvps)
+            member.model.get_parameter(n).copy_(params[n][k])

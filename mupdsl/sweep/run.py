@@ -22,9 +22,10 @@ from ..compile import compile_model, load_factory
 from ..measure import coordcheck
 from ..measure.hvp import Batch
 from ..measure.losses import task_loss
-from ..measure.sharpness import SharpnessTracker, eos_threshold, preconditioner
+from ..measure.ntk import ntk_eigenvalues
+from ..measure.sharpness import SharpnessResult, SharpnessTracker, eos_threshold, preconditioner
 from ..spec import load_spec
-from .experiment import Experiment
+from .experiment import Experiment, Measure
 from .store import Store
 
 DIVERGED_FACTOR = 1e3
@@ -44,6 +45,23 @@ class SweepSummary:
     skipped: int
     diverged: int
     crashed: int
+
+
+def measure_options(m: Measure, loss: str) -> dict[str, Any]:
+    """The sharpness tracker's arguments from an experiment's ``[measure]`` table."""
+    return dict(tol=m.tol, top_k=m.top_k, loss=loss, trace_samples=m.trace_samples, directional=m.directional)
+
+
+def record_measurement(curves: dict[str, list], step: int, result: SharpnessResult, ntk: float | None) -> None:
+    """Append one measurement to a trial's curves (the optional ones only when measured)."""
+    curves["sharp_step"].append(step)
+    curves["sharpness"].append(result.sharpness)
+    curves["hvps"].append(result.hvps)
+    extras = {"trace": result.trace, "trace_stderr": result.trace_stderr, "directional": result.directional,
+              "ntk": ntk}
+    for key, value in extras.items():
+        if value is not None:
+            curves.setdefault(key, []).append(value)
 
 
 def plan_trials(exp: Experiment) -> list[dict[str, Any]]:
@@ -98,6 +116,15 @@ def _device(exp: Experiment) -> torch.device:
     return torch.device(exp.device)
 
 
+def on_device(data, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_test, y_test) moved once to the device, floating inputs in ``dtype``: minibatches
+    are then gathered there instead of being copied over every step."""
+    def move(t: torch.Tensor, is_input: bool) -> torch.Tensor:
+        return t.to(device, dtype) if is_input and t.is_floating_point() else t.to(device)
+
+    return tuple(move(t, i % 2 == 0) for i, t in enumerate(data))
+
+
 def _gate_gamma(gammas: list[float]) -> float:
     """The γ a γ-sweep is gated at: 1 (the feature-learning scale of µP) when swept, else the middle value."""
     return 1.0 if 1.0 in gammas else sorted(gammas)[len(gammas) // 2]
@@ -130,11 +157,11 @@ def gate(exp: Experiment, store: Store, say: Callable[[str], None]) -> dict[str,
 
 def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device) -> tuple[str, dict, float, float]:
     """Train one trial; returns (status, curves, final train loss, final eval loss)."""
-    x_train, y_train, x_test, y_test = data
     overrides = {"eta0": trial["lr"]}
     if trial["gamma"] is not None:
         overrides[trial["gamma_name"]] = trial["gamma"]
     dtype = torch.float64 if exp.dtype == "float64" else torch.float32
+    x_train, y_train, x_test, y_test = on_device(data, device, dtype)
     spec = load_spec(trial["spec"], overrides)
     compiled = compile_model(spec, exp.model, width=trial["width"], base_width=trial["base_width"],
                              depth=trial["depth"], base_depth=trial["base_depth"], optimizer=exp.optimizer,
@@ -146,8 +173,8 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
     lrs = {t.name: t.lr for t in compiled.plan.tensors}
     g = torch.Generator().manual_seed(trial["seed"])
     m = exp.measure
-    measure_batch = Batch((x_train[: m.batch_size].to(device, dtype),), y_train[: m.batch_size].to(device))
-    tracker = SharpnessTracker(tol=m.tol, top_k=m.top_k, loss=exp.loss)
+    measure_batch = Batch((x_train[: m.batch_size],), y_train[: m.batch_size])
+    tracker = SharpnessTracker(**measure_options(m, exp.loss))
     curves: dict[str, list] = {k: [] for k in ("loss", "eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")}
     status, first = "done", None
     for step in range(exp.steps):
@@ -159,12 +186,12 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
                                    exp.optimizer) if (exp.optimizer == "sgd" or step > 0) else None
             if scale is not None:
                 r = tracker(model, measure_batch, scale=scale, names=names)
-                curves["sharp_step"].append(step)
-                curves["sharpness"].append(r.sharpness)
-                curves["hvps"].append(r.hvps)
+                ntk = ntk_eigenvalues(model, measure_batch, names, scale)[0] if m.ntk else None
+                record_measurement(curves, step, r, ntk)
         idx = torch.arange(len(y_train)) if exp.full_batch else torch.randint(0, len(y_train), (exp.batch_size,),
                                                                                  generator=g)
-        loss = task_loss(model(x_train[idx].to(device, dtype)), y_train[idx].to(device), exp.loss)
+        idx = idx.to(device)
+        loss = task_loss(model(x_train[idx]), y_train[idx], exp.loss)
         value = loss.item()
         curves["loss"].append(value)
         first = value if first is None else first
@@ -177,7 +204,7 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
         if (step + 1) % m.eval_every == 0 or step + 1 == exp.steps:
             with torch.no_grad():
                 curves["eval_step"].append(step + 1)
-                curves["eval_loss"].append(task_loss(model(x_test.to(device, dtype)), y_test.to(device),
+                curves["eval_loss"].append(task_loss(model(x_test), y_test,
                                                      exp.loss).item())
     tail = curves["loss"][-max(1, exp.steps // 10):]
     final = float(np.mean(tail)) if status == "done" else math.inf
