@@ -454,15 +454,19 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
 @main.command("sweep")
 @click.argument("experiment", type=click.Path())
 @click.option("--out", "out_dir", default=None, help="Result folder (default: out/<name>).")
-@click.option("--engine", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="Where trials run: this machine, or Slurm job arrays through submitit (Ray: not built yet).")
+@click.option("--engine", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True,
+              help="Where trials run: this machine, Slurm job arrays through submitit, or tasks on a Ray cluster.")
 @click.option("--tasks", type=int, default=4, show_default=True, help="Array tasks (shards) for --engine slurm.")
 @click.option("--partition", default=None, help="Slurm partition for --engine slurm.")
+@click.option("--address", default=None,
+              help="Ray cluster for --engine ray (default: RAY_ADDRESS, else a local cluster).")
+@click.option("--gpus-per-task", type=float, default=0, show_default=True, help="GPUs per Ray task (--engine ray).")
 @click.option("--no-gate", is_flag=True, help="Run even if a gated spec fails its coordinate check.")
 @click.option("--fresh", is_flag=True, help="Delete earlier results instead of resuming.")
 @click.option("--small", is_flag=True, help="A CPU-sized version: two narrow widths, few steps, lrs and seeds.")
 @click.option("--json", "as_json", is_flag=True)
-def sweep_cmd(experiment, out_dir, engine, tasks, partition, no_gate, fresh, small, as_json) -> None:
+def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_task, no_gate, fresh, small,
+              as_json) -> None:
     """Run (or resume) a sweep from an experiment file; write the store, figures and report.md."""
     from .compile import CompileError  # noqa: PLC0415
     from .sweep import ExperimentError, GateFailed, load_experiment, run, write_report  # noqa: PLC0415
@@ -478,7 +482,10 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, no_gate, fresh, sma
         exp = make_small(exp)
     target = Path(out_dir or Path("out") / (exp.name + ("_small" if small else "")))
     try:
-        options = {"tasks": tasks, **({"slurm_partition": partition} if partition else {})}
+        if engine == "ray":
+            options = {"address": address, "num_gpus": gpus_per_task}
+        else:
+            options = {"tasks": tasks, **({"slurm_partition": partition} if partition else {})}
         summary = run(exp, target, gated=not no_gate, fresh=fresh, engine=engine, engine_options=options,
                       say=lambda line: err().print(line))
     except GateFailed as exc:

@@ -253,6 +253,35 @@ def test_slurm_engine_shards_and_merges_through_submitits_local_executor(tmp_pat
     assert "fig_mup.png" in report.read_text()
 
 
+def test_ray_engine_on_a_local_cluster(tmp_path):
+    """Every group a Ray task on a local cluster (2 CPUs): the store equals the local engine's; resuming runs
+    nothing; a task that fails records its trials as crashed and the sweep finishes."""
+    ray = pytest.importorskip("ray")
+    exp = load_experiment(write(tmp_path, TINY))
+    out = tmp_path / "out"
+    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    try:
+        summary = run(exp, out, engine="ray", say=lambda _: None)
+        assert summary.trials == 12 and summary.ran == 12 and summary.crashed == 0
+        assert run(exp, out, engine="ray", say=lambda _: None).ran == 0
+        local = tmp_path / "local"
+        run(exp, local, say=lambda _: None)
+        a = dict(sqlite3.connect(out / "index.sqlite").execute("SELECT id, final_loss FROM trials").fetchall())
+        b = dict(sqlite3.connect(local / "index.sqlite").execute("SELECT id, final_loss FROM trials").fetchall())
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-6) for k in a)
+        broken = exp.model_copy(update={"model": str(tmp_path / "missing_on_workers.py")})
+        from mupdsl.sweep.engines import run_ray
+        from mupdsl.sweep.store import Store
+
+        store = Store(tmp_path / "broken")
+        groups = [[dict(t, model=broken.model) for t in plan_trials(exp)[:2]]]
+        assert run_ray(broken, groups, store, say=lambda _: None) == 2
+        assert {t["status"] for t in store.trials()} == {"crashed"}
+        store.close()
+    finally:
+        ray.shutdown()
+
+
 def test_depth_sweep_compares_across_depth(tmp_path):
     text = TINY.replace("widths = [16, 32]", "widths = [16]\ndepths = [1, 3]")
     exp = load_experiment(write(tmp_path, text))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -148,19 +149,6 @@ def _leading(owners: list[list[str]]) -> list[str]:
     return out
 
 
-@torch.no_grad()
-def _stats(value: torch.Tensor, start: torch.Tensor | None) -> dict[str, float]:
-    """RMS and mean |x| of an output (and of its change since step 0), in one transfer to the host."""
-    n = value.numel() ** 0.5
-    parts = [torch.linalg.vector_norm(value) / n, value.abs().mean()]
-    if start is not None:
-        d = value - start
-        parts += [torch.linalg.vector_norm(d) / n, d.abs().mean()]
-    numbers = torch.stack(parts).double().tolist()
-    keys = ("rms", "abs_mean", "delta_rms", "delta_abs")
-    return dict(zip(keys, numbers))
-
-
 def _batch(factory, data: str, batch_size: int):
     if data == "mnist1d":
         from ..data import mnist1d  # noqa: PLC0415
@@ -178,8 +166,12 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
                optimizer: str = "sgd", overrides: dict[str, Any] | None = None, seeds: int = 3,
                batch_size: int = 32, data: str = "example", base_width: int | None = None, depth: int | None = None,
                base_depth: int | None = None, tolerance: float = DEFAULT_TOLERANCE, first_seed: int = 0,
-               progress: Callable[[str], None] | None = None) -> CoordResult:
-    """Run the coordinate check; see the module docstring for the verdict. ``eta0`` defaults to DEFAULT_LR."""
+               progress: Callable[[str], None] | None = None, batched_seeds: bool = False) -> CoordResult:
+    """Run the coordinate check; see the module docstring for the verdict. ``eta0`` defaults to DEFAULT_LR.
+
+    ``batched_seeds``: train the seeds of a width as one vmapped model (the same numbers, fewer kernel launches)
+    where the model allows it — no buffers (BatchNorm), plain fx code; else, and on any failure, one by one. Off
+    by default: on a 2-core CPU the vmapped backward is no faster than the seeds one by one (docs/benchmarks.md)."""
     overrides = dict(overrides or {})
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     if "eta0" in spec.hypers and "eta0" not in overrides:
@@ -192,41 +184,114 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
     torch.manual_seed(1234)
     inputs, targets = _batch(factory, data, batch_size)
     records: list[dict[str, Any]] = []
+    seed_list = list(range(first_seed, first_seed + seeds))
     for w in widths:
-        compiled = None
-        for seed in range(first_seed, first_seed + seeds):
-            if progress:
-                progress(f"coordcheck {spec.name}: width {w}, seed {seed}")
-            if compiled is None:  # trace and plan once per width; other seeds only re-draw the weights
-                compiled = compile_model(spec, factory, width=w, base_width=base_width, depth=depth,
-                                         base_depth=base_depth, optimizer=optimizer, seed=seed)
-                keys = tap_points(compiled)
-                tapper = _tapper(compiled.model, keys)
-            else:
+        if progress:
+            progress(f"coordcheck {spec.name}: width {w}, {seeds} seed{'s' * (seeds > 1)}")
+        # trace and plan once per width; other seeds only re-draw the weights
+        compiled = compile_model(spec, factory, width=w, base_width=base_width, depth=depth, base_depth=base_depth,
+                                 optimizer=optimizer, seed=first_seed)
+        tapper = _tapper(compiled.model, tap_points(compiled))
+        together = batched_seeds and seeds > 1 and isinstance(tapper, _TapGraph) \
+            and not any(True for _ in compiled.model.named_buffers())
+        if together:
+            try:
+                records += _train_together(compiled, tapper, factory, seed_list, steps, inputs, targets, w)
+                continue
+            except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:  # vmap cannot run this model
+                if progress:
+                    progress(f"coordcheck {spec.name}: width {w}: seeds one at a time ({type(exc).__name__})")
+                compiled.reinitialize(first_seed, factory)
+        for seed in seed_list:
+            if seed != first_seed:
                 compiled.reinitialize(seed, factory)
-            opt = compiled.optimizer()
-            start: dict[str, torch.Tensor] = {}
-            for step in range(steps + 1):
-                with torch.set_grad_enabled(step < steps):  # the last state is only looked at
-                    out = tapper.run(*inputs)
-                values = dict(tapper.values)
-                values["output"] = logits_of(out).detach()
-                if step == 0:
-                    start = values
-                for key, value in values.items():
-                    if value.is_floating_point():
-                        records.append({"width": w, "seed": seed, "step": step, "key": key,
-                                        **_stats(value, start.get(key) if step else None)})
-                if step == steps:
-                    break
-                loss = task_loss(out, targets)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            records += _train_one(compiled, tapper, seed, steps, inputs, targets, w)
     slopes = fit_slopes(records, widths, seeds)
     failures, reports = judge(slopes, tolerance, steps)
     return CoordResult("FAIL" if failures else "PASS", spec.name, str(model), optimizer, eta0, list(widths), steps,
                        seeds, tolerance, records, slopes, failures, reports)
+
+
+def _records(width: int, seeds: list[int], step: int, values: dict[str, torch.Tensor],
+             start: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """One record per seed and entry; ``values[key]`` has the seeds on its leading axis. All statistics of a
+    step reach the host in one transfer."""
+    keys = [k for k, v in values.items() if v.is_floating_point()]
+    names = ("rms", "abs_mean", "delta_rms", "delta_abs") if step else ("rms", "abs_mean")
+    with torch.no_grad():
+        rows = []
+        for key in keys:
+            v = values[key].flatten(1)
+            parts = [torch.linalg.vector_norm(v, dim=1) / v.shape[1] ** 0.5, v.abs().mean(1)]
+            if step:
+                d = v - start[key].flatten(1)
+                parts += [torch.linalg.vector_norm(d, dim=1) / v.shape[1] ** 0.5, d.abs().mean(1)]
+            rows.append(torch.stack(parts, dim=1))
+        numbers = torch.stack(rows).double().tolist() if rows else []  # (entries, seeds, statistics)
+    return [{"width": width, "seed": seed, "step": step, "key": key, **dict(zip(names, numbers[i][j]))}
+            for i, key in enumerate(keys) for j, seed in enumerate(seeds)]
+
+
+def _train_one(compiled: CompiledModel, tapper, seed: int, steps: int, inputs, targets, width: int
+               ) -> list[dict[str, Any]]:
+    opt = compiled.optimizer()
+    records: list[dict[str, Any]] = []
+    start: dict[str, torch.Tensor] = {}
+    for step in range(steps + 1):
+        with torch.set_grad_enabled(step < steps):  # the last state is only looked at
+            out = tapper.run(*inputs)
+        values = {k: v.unsqueeze(0) for k, v in tapper.values.items()}
+        values["output"] = logits_of(out).detach().unsqueeze(0)
+        # a tapped value can share storage with a parameter (a cls token) that the optimizer updates in place
+        start = {k: v.clone() for k, v in values.items()} if step == 0 else start
+        records += _records(width, [seed], step, values, start)
+        if step == steps:
+            break
+        loss = task_loss(out, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return records
+
+
+def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds: list[int], steps: int, inputs,
+                    targets, width: int) -> list[dict[str, Any]]:
+    """The seeds of one width as one vmapped model on a (seeds, P) buffer, with the plan's optimizer applied to
+    the whole buffer (:mod:`mupdsl.compile.stacked`): the records :func:`_train_one` would give, seed by seed."""
+    from torch.func import functional_call, vmap  # noqa: PLC0415
+
+    from ..compile.stacked import FlatStack, StackedOptimizer  # noqa: PLC0415
+
+    stack = FlatStack.of(compiled)
+    rows = []
+    for seed in seeds:
+        if seed != seeds[0]:
+            compiled.reinitialize(seed, factory)
+        rows.append(stack.flat([compiled]))
+    flat = torch.cat(rows)
+    opt = StackedOptimizer(stack, [compiled] * len(seeds), flat)
+    graph = tapper.module
+    forward = vmap(lambda p, *x: functional_call(graph, p, x), in_dims=(0,) + (None,) * len(inputs),
+                   randomness="different")
+    loss_of = vmap(lambda out: task_loss(out, targets))
+    records: list[dict[str, Any]] = []
+    start: dict[str, torch.Tensor] = {}
+    for step in range(steps + 1):
+        live = flat.detach().requires_grad_(step < steps)
+        with torch.set_grad_enabled(step < steps), warnings.catch_warnings():
+            # ops without a batching rule (fused attention on CPU) run member by member: correct, only slower
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            out, taps = forward(stack.views(live), *inputs)
+        values = {k: v.detach() for k, v in taps.items() if isinstance(v, torch.Tensor)}
+        logits = logits_of(out)
+        values["output"] = logits.detach()
+        start = {k: v.clone() for k, v in values.items()} if step == 0 else start  # the update is in place
+        records += _records(width, seeds, step, values, start)
+        if step == steps:
+            break
+        (grad,) = torch.autograd.grad(loss_of(logits).sum(), live)
+        flat = opt.step(flat, grad)
+    return records
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:

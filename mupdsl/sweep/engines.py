@@ -1,9 +1,16 @@
-"""Where trial groups run: ``local`` (this process, the default) or ``slurm`` through submitit job arrays.
+"""Where trial groups run: ``local`` (this process, the default), ``slurm`` through submitit job arrays, or
+``ray`` as tasks on a Ray cluster.
 
 With Slurm each array task trains its share of the trial groups and writes its own store (a shard under
 ``DIR/shards/``); the driver waits and merges the shards into the sweep's store, so the one-writer rule of SQLite
 holds and a lost task loses only its shard (re-running resumes). ``cluster="local"`` runs the same path on this
-machine through submitit's local executor — how it is tested. Ray is not built yet.
+machine through submitit's local executor — how it is tested.
+
+With Ray each trial group is one task (``num_cpus``/``num_gpus`` per task); results travel back through Ray's
+object store, so the workers need no shared file system, and the driver — the store's one writer — records each
+group as soon as its task finishes (a killed driver loses only the groups in flight; re-running resumes). A task
+that fails records its trials as crashed and the sweep goes on. ``address=None`` joins the cluster named by
+``RAY_ADDRESS`` or starts a local one (how it is tested).
 """
 
 from __future__ import annotations
@@ -80,3 +87,46 @@ def run_slurm(exp: Experiment, groups: list[list[dict[str, Any]]], out: Path, st
             merged += merge_shard(store, Path(shard_dir))
     shutil.rmtree(out / "shards", ignore_errors=True)
     return merged
+
+
+def _group_task(exp_json: str, members: list[dict[str, Any]]) -> list[tuple]:
+    """One Ray task: train a group; returns its outcomes (status, curves, final, final_eval, error, seconds)."""
+    from .run import _data, _device, _run_members  # noqa: PLC0415
+
+    exp = Experiment.model_validate_json(exp_json)
+    return _run_members(exp, members, _data(exp), _device(exp), lambda _: None)
+
+
+def run_ray(exp: Experiment, groups: list[list[dict[str, Any]]], store: Store, *, address: str | None = None,
+            num_cpus: float = 1, num_gpus: float = 0, say: Callable[[str], None] = print) -> int:
+    """Run every group as a Ray task; record each group's trials when its task finishes; returns the count."""
+    import ray  # noqa: PLC0415 - an optional dependency (pip install 'mupdsl[ray]')
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    try:
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_group_task)
+        spec = exp.model_dump_json()
+        pending = {task.remote(spec, members): members for members in groups}
+        say(f"submitted {len(pending)} trial groups to Ray ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)")
+        recorded = 0
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            members = pending.pop(ref)
+            try:
+                outcomes = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a lost task is a crashed result; the sweep goes on
+                error = f"{type(exc).__name__}: {exc}"
+                outcomes = [("crashed", {}, None, None, error, 0.0)] * len(members)
+            for trial, (status, curves, final, final_eval, error, seconds) in zip(members, outcomes):
+                store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error,
+                             seconds=seconds)
+                recorded += 1
+            head = members[0]
+            say(f"[{recorded}] {head['spec']} width {head['width']}: {len(members)} trials "
+                f"({', '.join(sorted({o[0] for o in outcomes}))})")
+        return recorded
+    finally:
+        if started:
+            ray.shutdown()

@@ -20,6 +20,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from ..compile import compile_model
+from ..compile.stacked import FlatStack, StackedOptimizer
 from ..measure.hvp import Batch
 from ..measure.losses import task_loss
 from ..measure.ntk import ntk_eigenvalues
@@ -48,29 +49,6 @@ def compile_member(exp: Experiment, trial: dict[str, Any]):
                          base_depth=trial["base_depth"], optimizer=exp.optimizer, seed=trial["seed"])
 
 
-class FlatStack:
-    """The G members' tensors as one (G, P) buffer with a per-tensor view of each: the optimizer is then a handful
-    of elementwise kernels over the whole group instead of a dozen per tensor (what makes a group fast on a GPU),
-    while the forward sees ordinary stacked tensors (views, so gradients flow back to the flat buffer)."""
-
-    def __init__(self, names: list[str], shapes: list[torch.Size]) -> None:
-        self.names, self.shapes = names, shapes
-        self.sizes = [math.prod(s) for s in shapes]
-
-    def flat(self, per_member: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        return torch.stack([torch.cat([m[n].reshape(-1) for n in self.names]) for m in per_member])
-
-    def per_tensor(self, values: list[list[float]], like: torch.Tensor) -> torch.Tensor:
-        """(G, P) from one value per member and tensor (``values[k][i]``: member k, tensor i)."""
-        table = torch.tensor(values, device=like.device, dtype=like.dtype)
-        sizes = torch.tensor(self.sizes, device=like.device)
-        return table.repeat_interleave(sizes, dim=1)
-
-    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        G = flat.shape[0]
-        return {n: t.reshape(G, *s) for n, t, s in zip(self.names, flat.split(self.sizes, dim=1), self.shapes)}
-
-
 def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch.device,
               members: list | None = None) -> list[tuple[str, dict, float, float]]:
     """Train the ``trials`` (same spec, width and γ) together; returns one (status, curves, loss, eval) per trial."""
@@ -82,15 +60,11 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
     template = members[0].model
     names = [t.name for t in members[0].plan.tensors]
     G = len(members)
-    stack = FlatStack(names, [template.get_parameter(n).shape for n in names])
-    flat = stack.flat([{n: m.model.get_parameter(n).detach() for n in names} for m in members]).clone()
-    lr = stack.per_tensor([[m.plan.tensor(n).lr for n in names] for m in members], flat)
-    wd = stack.per_tensor([[m.plan.tensor(n).wd or 0.0 for n in names] for m in members], flat)
-    eps = stack.per_tensor([[m.plan.tensor(n).eps or 1e-8 for n in names] for m in members], flat)
+    stack = FlatStack.of(members[0])
+    flat = stack.flat(members)
+    optimizer = StackedOptimizer(stack, members, flat)
     eta0 = torch.tensor([t["lr"] for t in trials], device=device, dtype=dtype).unsqueeze(1)
     adam = exp.optimizer in ("adam", "adamw")
-    exp_avg, exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
-    beta1, beta2 = 0.9, 0.999
 
     def forward(p, x):
         return functional_call(template, p, (x,))
@@ -110,7 +84,9 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
     for step in range(exp.steps):
         factor = min(1.0, (step + 1) / exp.warmup) if exp.warmup else 1.0
         if m_cfg.sharpness_every and step % m_cfg.sharpness_every == 0 and (not adam or step > 0):
-            ratio = lr / eta0 if not adam else lr / eta0 / ((exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps)
+            ratio = optimizer.lr / eta0
+            if adam:
+                ratio = ratio / (optimizer.second_moment().sqrt() + optimizer.eps)
             _measure(template, members, stack.views(flat), names, alive.tolist(), tracker, ratio.sqrt(),
                      measure_batch, curves, step, m_cfg.ntk)
         if exp.full_batch:
@@ -129,24 +105,8 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
         steps_run = step + 1
         if step % 10 == 9 and not alive.any():
             break
-        mask = alive.to(dtype).unsqueeze(1)
-        (g,) = torch.autograd.grad((torch.nan_to_num(losses) * mask.squeeze(1)).sum(), live)
-        with torch.no_grad():
-            g = torch.nan_to_num(g)
-            step_lr = mask * lr * factor
-            if not adam:
-                flat = flat - step_lr * (g + wd * flat)
-            else:
-                if exp.optimizer == "adam":
-                    g = g + wd * flat
-                t = step + 1
-                # a dead member's moments may drift; its weights no longer move (mask = 0)
-                exp_avg.lerp_(g, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                update = exp_avg / (exp_avg_sq / (1 - beta2 ** t)).sqrt_().add_(eps) / (1 - beta1 ** t)
-                if exp.optimizer == "adamw":
-                    update = update + wd * flat
-                flat = flat - step_lr * update
+        (g,) = torch.autograd.grad((torch.nan_to_num(losses) * alive.to(dtype)).sum(), live)
+        flat = optimizer.step(flat, torch.nan_to_num(g), mask=alive, lr_factor=factor)
         if (step + 1) % m_cfg.eval_every == 0 or step + 1 == exp.steps:
             with torch.no_grad():
                 outs = batched(stack.views(flat), x_test.expand(G, *x_test.shape))

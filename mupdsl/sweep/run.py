@@ -2,7 +2,7 @@
 deterministic id, run what is not in the store yet (resume = plan − done), store each finished trial at once.
 
 Trials of one shape (spec, width, γ) are trained together as one vmapped model (:mod:`.grouped`), falling back
-to one at a time where vmap cannot apply; the Slurm/Ray engines are not built yet (see the sweep issue).
+to one at a time where vmap cannot apply; or on Slurm / Ray (:mod:`.engines`).
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def _run_adaptive(exp: Experiment, members: list[dict[str, Any]], data, device, 
 
 def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, engine: str = "local",
         engine_options: dict[str, Any] | None = None, say: Callable[[str], None] = print) -> SweepSummary:
-    """Run (or resume) the sweep into ``out_dir`` on ``engine`` ("local", or "slurm" through submitit)."""
+    """Run (or resume) the sweep into ``out_dir`` on ``engine``: "local", "slurm" (submitit) or "ray"."""
     import shutil  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -306,10 +306,12 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, en
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for trial in todo:
         groups.setdefault((trial["spec"], trial["width"], trial["depth"], trial["gamma"]), []).append(trial)
-    if engine == "slurm" and not exp.adaptive:
-        from .engines import run_slurm  # noqa: PLC0415
+    if engine in ("slurm", "ray") and not exp.adaptive:
+        from .engines import run_ray, run_slurm  # noqa: PLC0415
 
-        run_slurm(exp, list(groups.values()), out, store, say=say, **(engine_options or {}))
+        runner = run_slurm if engine == "slurm" else run_ray
+        extra = {"out": out} if engine == "slurm" else {}
+        runner(exp, list(groups.values()), store=store, say=say, **extra, **(engine_options or {}))
         status = {t["id"]: t["status"] for t in store.trials()}
         ran = sum(t["id"] in status for t in todo)
         summary = SweepSummary(len(trials), ran, len(trials) - len(todo),
