@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .spec import OPTIMIZERS, ROLES, SpecError, differences, explain, load_spec, preset_names
+from .spec import OPTIMIZERS, SpecError, differences, explain, load_spec, preset_names
 from .spec.abc import Explanation, fmt
 
 def _console(stream) -> Console:

@@ -115,7 +115,6 @@ def sharpness_demo(out: Path, say: Callable[[str], None]) -> dict:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    import torch  # noqa: PLC0415
 
     from .compile import compile_model  # noqa: PLC0415
     from .data import mnist1d  # noqa: PLC0415

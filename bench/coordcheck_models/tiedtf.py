@@ -2,7 +2,6 @@
 
 Written for the coordcheck verdict matrix (bench/coordcheck_matrix.py); used nowhere else."""
 
-import math
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -18,7 +18,7 @@ from typing import Mapping
 from lark import Token, Tree
 
 from .errors import SourcePos, SpecError, did_you_mean
-from .expr import Monomial, exponent_value, to_monomial
+from .expr import Monomial, to_monomial
 from .model import (
     INIT_KINDS, NETWORK_KEYS, NETWORK_SIZE_VARIABLES, OPTIMIZERS, ROLES, SIZE_VARIABLES, TENSOR_KEYS,
     Expr, Hyper, Init, NetworkSetting, Rule, Selector, Setting, Spec,
