@@ -282,6 +282,33 @@ def test_ray_engine_on_a_local_cluster(tmp_path):
         ray.shutdown()
 
 
+def test_text_dataset_trains_a_gpt_grouped_and_alone(tmp_path):
+    """dataset = "text": character windows from a local file feed the GPT model (integer inputs, per-token
+    targets); a group reproduces its trials run alone; a missing file is a clear error naming it."""
+    import numpy as np
+    import torch
+
+    from mupdsl.data import DataMissing
+    from mupdsl.sweep.grouped import run_group
+    from mupdsl.sweep.run import _data, run_trial
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    text = TINY.replace('dataset = "teacher"', f'dataset = "text"\ntext_file = "{corpus}"\ncontext = 8')
+    text = text.replace('model = "mupdsl.models.mlp"', 'model = "mupdsl.models.gpt"').replace("[16, 32]", "[16]")
+    exp = load_experiment(write(tmp_path, text.replace("steps = 15", "steps = 6")))
+    data = _data(exp)
+    assert data[0].dtype == torch.long and data[0].shape[1] == 8 and data[1].shape == data[0].shape
+    group = [t for t in plan_trials(exp) if t["spec"] == "mup"]
+    for trial, (status, curves, _, _) in zip(group, run_group(exp, group, data, torch.device("cpu"))):
+        s, c, _, _ = run_trial(exp, trial, data, torch.device("cpu"))
+        assert status == s
+        np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-5)
+    missing = load_experiment(write(tmp_path, text.replace(str(corpus), str(tmp_path / "nope.txt")), "m.toml"))
+    with pytest.raises(DataMissing, match="nope.txt"):
+        _data(missing)
+
+
 def test_depth_sweep_compares_across_depth(tmp_path):
     text = TINY.replace("widths = [16, 32]", "widths = [16]\ndepths = [1, 3]")
     exp = load_experiment(write(tmp_path, text))

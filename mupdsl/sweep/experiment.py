@@ -93,7 +93,7 @@ class Experiment(BaseModel):
     name: str
     specs: list[str] = Field(min_length=1)
     model: str
-    dataset: Literal["mnist1d", "teacher", "cifar10", "linear"] = "mnist1d"
+    dataset: Literal["mnist1d", "teacher", "cifar10", "linear", "text"] = "mnist1d"
     loss: Literal["ce", "mse"] = "ce"
     full_batch: bool = False
     """Every step on the whole training set (gradient descent), e.g. seed 002 Sec. 5."""
@@ -101,6 +101,10 @@ class Experiment(BaseModel):
     """D of the ``linear`` task (X = I_D, Y = X w*)."""
     data_root: str = "data"
     """Folder holding cifar-10-batches-py for dataset = "cifar10" (never downloaded)."""
+    text_file: str = "data/input.txt"
+    """The local text file of dataset = "text" (character level: next-character prediction, for GPT-style models)."""
+    context: int = Field(16, ge=1)
+    """Characters per example of dataset = "text" (at most the model's context length)."""
     data_verify: bool = True
     """Check torchvision's md5 sums of the CIFAR-10 files (off for CIFAR-format folders made by tests)."""
     widths: list[int] = Field(min_length=1)

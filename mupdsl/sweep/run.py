@@ -94,6 +94,16 @@ def _data(exp: Experiment):
         xt, yt = tensors(cifar10(exp.data_root, train=False, augment=False, verify=v),
                          limit=max(exp.num_samples // 5, 1))
         return x, y, xt, yt
+    if exp.dataset == "text":
+        from ..data import DataMissing, char_dataset  # noqa: PLC0415
+
+        try:
+            x, y, _ = char_dataset(exp.text_file, exp.context, limit=exp.num_samples)
+        except FileNotFoundError:
+            raise DataMissing(f"text file not found: {exp.text_file} (set text_file in the experiment to a local "
+                              "UTF-8 file; nothing is downloaded)") from None
+        cut = int(0.9 * len(y))  # the last tenth of the text, unseen in training, for evaluation
+        return x[:cut], y[:cut], x[cut:], y[cut:]
     if exp.dataset == "linear":
         from ..data import linear_task  # noqa: PLC0415
 
