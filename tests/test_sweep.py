@@ -319,3 +319,18 @@ def test_depth_sweep_compares_across_depth(tmp_path):
     report, analysis = write_report(tmp_path / "out")
     assert set(analysis["mup"]["eta_star"]) == {1, 3}
     assert "η* per depth" in report.read_text()
+
+
+def test_threads_are_pinned_for_the_run_and_restored():
+    import os
+
+    import torch
+
+    from mupdsl.sweep.run import pinned_threads
+
+    before = torch.get_num_threads()
+    with pinned_threads(1) as n:
+        assert n == torch.get_num_threads() == 1
+    with pinned_threads(None) as n:
+        assert n == torch.get_num_threads() == len(os.sched_getaffinity(0))
+    assert torch.get_num_threads() == before

@@ -27,12 +27,23 @@ from .store import Store
 
 def _shard_task(exp_json: str, groups: list[list[dict[str, Any]]], shard_dir: str) -> int:
     """One array task: run its groups into its own store; returns the number of trials it recorded."""
-    from .run import _data, _device, _run_members  # noqa: PLC0415
+    from .run import _data, _device, pinned_threads  # noqa: PLC0415
 
     exp = Experiment.model_validate_json(exp_json)
     store = Store(shard_dir)
     done = store.done_ids()
-    data, device, count = _data(exp), _device(exp), 0
+    data, device = _data(exp), _device(exp)
+    with pinned_threads(exp.threads):  # Slurm narrows the task's affinity to its cores
+        count = _run_shard(exp, groups, data, device, store, done)
+    store.close()
+    return count
+
+
+def _run_shard(exp: Experiment, groups, data, device, store: Store, done: set[str]) -> int:
+    """The shard's groups, minus what its store already holds (a resubmitted task resumes)."""
+    from .run import _run_members  # noqa: PLC0415
+
+    count = 0
     for members in groups:
         todo = [t for t in members if t["id"] not in done]
         if not todo:
@@ -42,7 +53,6 @@ def _shard_task(exp_json: str, groups: list[list[dict[str, Any]]], shard_dir: st
             store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error,
                          seconds=seconds)
             count += 1
-    store.close()
     return count
 
 
@@ -91,10 +101,21 @@ def run_slurm(exp: Experiment, groups: list[list[dict[str, Any]]], out: Path, st
 
 def _group_task(exp_json: str, members: list[dict[str, Any]]) -> list[tuple]:
     """One Ray task: train a group; returns its outcomes (status, curves, final, final_eval, error, seconds)."""
-    from .run import _data, _device, _run_members  # noqa: PLC0415
+    from .run import _data, _device, _run_members, pinned_threads  # noqa: PLC0415
 
     exp = Experiment.model_validate_json(exp_json)
-    return _run_members(exp, members, _data(exp), _device(exp), lambda _: None)
+    with pinned_threads(exp.threads or max(1, int(ray_cpus()))):  # the task's share, not the node's cores
+        return _run_members(exp, members, _data(exp), _device(exp), lambda _: None)
+
+
+def ray_cpus() -> float:
+    """CPUs Ray assigned to the calling task (1 outside a task)."""
+    import ray  # noqa: PLC0415
+
+    try:
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+    except Exception:  # noqa: BLE001 - not inside a task
+        return 1.0
 
 
 def run_ray(exp: Experiment, groups: list[list[dict[str, Any]]], store: Store, *, address: str | None = None,

@@ -125,6 +125,9 @@ class Experiment(BaseModel):
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     coordcheck_widths: list[int] = []
+    threads: int | None = Field(None, ge=1)
+    """Intra-op threads of each worker (default: the cores this process may run on — its CPU affinity, which
+    Slurm and containers narrow — not the machine's count, which would oversubscribe them)."""
     group: bool = True
     """Train the trials of one (spec, width, γ) as one vmapped model (see sweep/grouped.py)."""
     measure: Measure = Measure()

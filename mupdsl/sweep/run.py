@@ -7,13 +7,15 @@ to one at a time where vmap cannot apply; or on Slurm / Ray (:mod:`.engines`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -133,6 +135,20 @@ def on_device(data, device: torch.device, dtype: torch.dtype) -> tuple[torch.Ten
         return t.to(device, dtype) if is_input and t.is_floating_point() else t.to(device)
 
     return tuple(move(t, i % 2 == 0) for i, t in enumerate(data))
+
+
+@contextlib.contextmanager
+def pinned_threads(count: int | None) -> Iterator[int]:
+    """torch's intra-op threads set to ``count`` (default: the cores of this process's CPU affinity) for the
+    block, restored after."""
+    previous = torch.get_num_threads()
+    if count is None:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _gate_gamma(gammas: list[float]) -> float:
@@ -329,6 +345,17 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, en
                                sum(status.get(t["id"]) == "crashed" for t in todo))
         store.close()
         return summary
+    with pinned_threads(exp.threads):
+        ran, diverged, crashed = _run_local(exp, groups, data, device, store, say, len(todo))
+    store.close()
+    skipped = len(done & {t["id"] for t in trials})
+    return SweepSummary(len(trials) if not exp.adaptive else ran + skipped, ran, skipped, diverged, crashed)
+
+
+def _run_local(exp: Experiment, groups: dict[tuple, list[dict[str, Any]]], data, device, store: Store,
+               say: Callable[[str], None], total: int) -> tuple[int, int, int]:
+    """The local engine: group after group in this process, each trial stored at once; (ran, diverged, crashed)."""
+    ran = diverged = crashed = 0
     for members in groups.values():
         if exp.adaptive:
             outcomes, members = _run_adaptive(exp, members, data, device, store, say)
@@ -341,8 +368,6 @@ def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, en
             diverged += status == "diverged"
             crashed += status == "crashed"
             depth = f" depth {trial['depth']}" if trial["depth"] is not None else ""
-            say(f"[{ran}/{len(todo)}] {trial['spec']} width {trial['width']}{depth} lr {trial['lr']:.4g} seed {trial['seed']}"
+            say(f"[{ran}/{total}] {trial['spec']} width {trial['width']}{depth} lr {trial['lr']:.4g} seed {trial['seed']}"
                 f": {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
-    store.close()
-    skipped = len(done & {t["id"] for t in trials})
-    return SweepSummary(len(trials) if not exp.adaptive else ran + skipped, ran, skipped, diverged, crashed)
+    return ran, diverged, crashed
