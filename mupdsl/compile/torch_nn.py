@@ -74,15 +74,14 @@ def multihead_attention(tracer: fx.Tracer, m: nn.MultiheadAttention, query, key,
         k = F.linear(key, m.k_proj_weight, biases[1])
         v = F.linear(value, m.v_proj_weight, biases[2])
     q, k, v = (t.unflatten(-1, (heads, d_head)).transpose(1, 2) for t in (q, k, v))
-    masked = attn_mask is not None or key_padding_mask is not None
-    mask = _additive_mask(attn_mask, key_padding_mask, q, k, heads, is_causal) if masked else None
+    written_out = need_weights or m.dropout > 0  # SDPA applies a bare causal flag itself
+    needs_mask = attn_mask is not None or key_padding_mask is not None or (is_causal and written_out)
+    mask = _additive_mask(attn_mask, key_padding_mask, q, k, heads, is_causal) if needs_mask else None
     weights = None
-    if need_weights or m.dropout > 0:
+    if written_out:
         logits = (q @ k.transpose(-2, -1)) / math.sqrt(d_head)
         if mask is not None:
             logits = logits + mask
-        elif is_causal:
-            logits = logits + _additive_mask(None, None, q, k, heads, True)
         attention = torch.softmax(logits, dim=-1)
         if need_weights:
             weights = attention.mean(dim=1) if average_attn_weights else attention
