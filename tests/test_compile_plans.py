@@ -267,9 +267,81 @@ def test_cli_compile_bad_inputs_exit_2(tmp_path):
     assert (tmp_path / "plan.json").exists() and "def forward" in (tmp_path / "c.py").read_text()
 
 
-@pytest.mark.parametrize("spec", ["mup", "richness"])
-def test_reinitialize_equals_compiling_with_that_seed(spec):
-    a = compile_model(spec, "mupdsl.models.gpt", width=32, base_width=16, seed=3)
-    b = compile_model(spec, "mupdsl.models.gpt", width=32, base_width=16, seed=0).reinitialize(3)
+@pytest.mark.parametrize("spec,model", [("mup", "mupdsl.models.gpt"), ("richness", "mupdsl.models.gpt"),
+                                        ("mup", "mupdsl.models.mlp"), ("depth_mup_k1", "mupdsl.models.resconv"),
+                                        ("mup", "mupdsl.models.resnet")])
+def test_reinitialize_equals_compiling_with_that_seed(spec, model):
+    """The build's init calls replayed in place (tied GPT head: the discarded head init is drawn into scratch;
+    BatchNorm: buffers untouched) give the weights a build with that seed gives."""
+    a = compile_model(spec, model, width=32, base_width=16, seed=3)
+    compiled = compile_model(spec, model, width=32, base_width=16, seed=0)
+    assert compiled.init_replay is not None
+    b = compiled.reinitialize(3)
+    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+UNREPLAYABLE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width, kind):
+        super().__init__()
+        self.emb = nn.Embedding(10, width, padding_idx=0 if kind == "padding" else None)
+        self.fc = nn.Linear(width, width)
+        self.out = nn.Linear(width, 10)
+        if kind == "randn":
+            self.shift = nn.Parameter(torch.randn(width) * 0.02)
+        if kind == "derived":
+            self.scale = nn.Parameter(self.fc.weight.detach().norm(dim=1))
+        if kind == "slice":
+            with torch.no_grad():
+                self.fc.weight[:, :2].normal_()
+
+    def forward(self, idx):
+        h = self.emb(idx).mean(1)
+        h = torch.relu(self.fc(h))
+        if hasattr(self, "shift"):
+            h = h + self.shift
+        if hasattr(self, "scale"):
+            h = h * self.scale
+        return self.out(h)
+
+
+def build(width):
+    return Net(width, "padding")
+
+def build_randn(width):
+    return Net(width, "randn")
+
+def build_plain(width):
+    return Net(width, "plain")
+
+def build_derived(width):
+    return Net(width, "derived")
+
+def build_slice(width):
+    return Net(width, "slice")
+
+def example_batch(n):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 10, (n, 5), generator=g), torch.randint(0, 10, (n,), generator=g)
+"""
+
+
+@pytest.mark.parametrize("builder", ["build", "build_randn", "build_derived", "build_slice"])
+def test_reinitialize_builds_again_where_replaying_could_differ(tmp_path, builder):
+    """A padding row zeroed by indexing, a parameter drawn with torch.randn, one computed from another, an init
+    of a slice: no replay; the model is built again, with the same result as compiling with that seed."""
+    path = tmp_path / "net.py"
+    path.write_text(UNREPLAYABLE)
+    assert compile_model("sp", f"{path}:build_plain", width=16).init_replay is not None  # the rest replays
+    model = f"{path}:{builder}"
+    compiled = compile_model("sp", model, width=16, seed=0)
+    assert compiled.init_replay is None
+    a = compile_model("sp", model, width=16, seed=5)
+    b = compiled.reinitialize(5)
     for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(p, q), name

@@ -2,12 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mupdsl.cli import main
 from mupdsl.measure import coordcheck
-from mupdsl.measure.coord import judge
+from mupdsl.measure.coord import _statistics, fit_slopes, judge
 
 FAST = dict(widths=(64, 128, 256, 512), seeds=2, batch_size=16)
 MODELS = {
@@ -80,6 +82,83 @@ def test_judge_rules():
     assert fails == []                                            # flattens at the wide end: transient
     fails, reports = judge([s("output", 0, "rms", -0.5)], 0.25, 4)
     assert fails == [] and reports                                # µP's shrinking logits at init
+
+
+def test_statistics_are_the_rms_and_mean_abs_of_values_and_changes():
+    g = torch.Generator().manual_seed(0)
+    history = {"a": [torch.randn(2, 3, 5, generator=g) for _ in range(3)],
+               "h": [torch.randn(2, 7, generator=g).half() for _ in range(3)]}
+    records = {(r["key"], r["step"], r["seed"]): r for r in _statistics(64, [10, 11], history)}
+    assert len(records) == 2 * 3 * 2
+    for key, values in history.items():
+        for t, value in enumerate(values):
+            for j, seed in enumerate((10, 11)):
+                v = value[j].double().numpy().ravel()
+                d = v - values[0][j].double().numpy().ravel()
+                r = records[key, t, seed]
+                assert r["rms"] == pytest.approx(np.sqrt(np.mean(v ** 2)), rel=1e-6)
+                assert r["abs_mean"] == pytest.approx(np.mean(np.abs(v)), rel=1e-6)
+                if t == 0:
+                    assert "delta_rms" not in r
+                else:
+                    assert r["delta_rms"] == pytest.approx(np.sqrt(np.mean(d ** 2)), rel=1e-5)
+                    assert r["delta_abs"] == pytest.approx(np.mean(np.abs(d)), rel=1e-5)
+
+
+def test_slopes_are_least_squares_fits_of_the_seed_mean():
+    rng = np.random.default_rng(0)
+    widths = (64, 128, 256, 512, 1024)
+    values = {(w, s): rng.uniform(0.5, 2.0) * w ** 0.5 for w in widths for s in range(3)}
+    records = [{"key": "k", "step": 1, "width": w, "seed": s, "rms": 1.0, "delta_rms": v}
+               for (w, s), v in values.items()]
+    (fit,) = [f for f in fit_slopes(records, widths, 3) if f["quantity"] == "delta_rms"]
+    x = np.log(widths)
+    mean = np.log([np.mean([values[w, s] for s in range(3)]) for w in widths])
+    assert fit["slope"] == pytest.approx(np.polyfit(x, mean, 1)[0], rel=1e-12)
+    assert fit["tail_slope"] == pytest.approx(np.polyfit(x[-3:], mean[-3:], 1)[0], rel=1e-12)
+    per_seed = [np.polyfit(x, np.log([values[w, s] for w in widths]), 1)[0] for s in range(3)]
+    assert fit["stderr"] == pytest.approx(np.std(per_seed, ddof=1) / np.sqrt(3), rel=1e-9)
+
+
+IN_PLACE = """
+from torch import nn
+
+
+def build(width, inplace=False):
+    return nn.Sequential(nn.Linear(8, width), nn.ReLU(inplace=inplace), nn.Linear(width, width),
+                         nn.ReLU(inplace=inplace), nn.Linear(width, 4))
+
+
+def build_inplace(width):
+    return build(width, True)
+
+
+def example_batch(n):
+    import torch
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+"""
+
+
+def test_a_value_overwritten_in_place_later_is_recorded_as_computed(tmp_path):
+    """ReLU(inplace=True) after a tapped Linear: the record is of the Linear's output, as without in-place."""
+    path = tmp_path / "net.py"
+    path.write_text(IN_PLACE)
+    kw = dict(widths=(16, 32), seeds=1, steps=2, batch_size=8)
+    plain = coordcheck("mup", f"{path}:build", **kw).records
+    inplace = coordcheck("mup", f"{path}:build_inplace", **kw).records
+    assert [r["key"] for r in plain] == [r["key"] for r in inplace] and {r["key"] for r in plain} >= {"0", "2"}
+    for a, b in zip(plain, inplace):
+        assert a.keys() == b.keys()
+        for stat in set(a) & {"rms", "abs_mean", "delta_rms", "delta_abs"}:
+            assert a[stat] == pytest.approx(b[stat], rel=1e-6), (a["key"], a["step"], stat)
+
+
+def test_a_tapped_parameter_keeps_its_value_per_step():
+    """ViT's cls token is tapped as itself; the optimizer updates it in place, yet each step's record is its own."""
+    result = coordcheck("mup", "mupdsl.models.vit", widths=(32, 64), seeds=1, steps=2, batch_size=4)
+    deltas = [r["delta_rms"] for r in result.records if r["key"] == "cls" and r["step"] > 0]
+    assert len(deltas) == 4 and min(deltas) > 0
 
 
 def test_cli_exit_codes(tmp_path):

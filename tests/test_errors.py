@@ -111,3 +111,22 @@ def test_not_utf8(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(str(path))
     assert (info.value.pos.line, info.value.pos.col) == (2, 1)
+
+
+def test_a_spec_loaded_again_sees_edits_to_it_and_to_what_it_extends(tmp_path):
+    """Loaded specs are remembered per file, but an edit of the file or of a file it extends is read again."""
+    import os
+    from fractions import Fraction
+
+    parent = tmp_path / "parent.param"
+    child = tmp_path / "child.param"
+    parent.write_text('spec parent\nhyper eta0 = 0.1\ndefault { init = keep }\n')
+    child.write_text('spec child extends "parent.param"\nset eta0 = 0.2\n')
+    assert load_spec(child).hypers["eta0"].value == load_spec(child).hypers["eta0"].value == Fraction(1, 5)
+    assert load_spec(child) is load_spec(child)
+    parent.write_text('spec parent\nhyper eta0 = 0.1\nhyper beta = 3\ndefault { init = keep }\n')
+    os.utime(parent, ns=(parent.stat().st_atime_ns, parent.stat().st_mtime_ns + 10**9))
+    assert "beta" in load_spec(child).hypers
+    child.write_text('spec child extends "parent.param"\nset eta0 = 0.3\n')
+    os.utime(child, ns=(child.stat().st_atime_ns, child.stat().st_mtime_ns + 2 * 10**9))
+    assert load_spec(child).hypers["eta0"].value == Fraction(3, 10)

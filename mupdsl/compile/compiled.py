@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -16,7 +16,7 @@ from ..spec import Spec, SpecError, load_spec
 from .analyze import analyze
 from .errors import CompileError
 from .factory import ModelFactory, load_factory
-from .init_record import build_recording_stds
+from .init_record import InitReplay, build_recording_stds
 from .plan import Plan, build_plan
 from .rewrite import CENTER_MODULE, apply_plan, center, reinit
 from .trace import trace
@@ -30,6 +30,8 @@ class CompiledModel:
 
     model: fx.GraphModule
     plan: Plan
+    init_replay: InitReplay | None = field(default=None, repr=False, compare=False)
+    """How the build drew the weights (at the plan's width), to redraw them in place for another seed."""
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -55,14 +57,19 @@ class CompiledModel:
         return cls(groups, lr=groups[0]["lr"] if groups else 1e-3, **kwargs)
 
     def reinitialize(self, seed: int, factory: ModelFactory | None = None) -> "CompiledModel":
-        """Re-draw the weights as ``compile_model(..., seed=seed)`` would, without tracing again."""
-        factory = factory or load_factory(self.plan.model)
+        """Re-draw the weights as ``compile_model(..., seed=seed)`` would, without tracing again: the build's own
+        init calls replayed in place where they can be (:class:`~mupdsl.compile.init_record.InitReplay`), else
+        the model built again and its weights copied."""
         net = self.plan.network
         torch.manual_seed(seed)
-        fresh = factory.build(net.width, net.depth if factory.takes_depth else None)
-        with torch.no_grad():
-            for name, p in fresh.named_parameters():
-                self.model.get_parameter(name).copy_(p)
+        if self.init_replay is not None:
+            self.init_replay(self.model)
+        else:
+            factory = factory or load_factory(self.plan.model)
+            fresh = factory.build(net.width, net.depth if factory.takes_depth else None)
+            with torch.no_grad():
+                for name, p in fresh.named_parameters():
+                    self.model.get_parameter(name).copy_(p)
         first = next(iter(self.model.parameters()), None)
         generator = torch.Generator(device=first.device if first is not None else "cpu").manual_seed(seed)
         reinit(self.model, self.plan, generator)
@@ -130,7 +137,7 @@ def _base_stds(factory: ModelFactory, base_width: int, depth: int | None, seed: 
     if key not in _BASE_STDS:
         state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        _, stds = build_recording_stds(lambda: factory.build(base_width, depth))
+        _, stds, _ = build_recording_stds(lambda: factory.build(base_width, depth))
         torch.random.set_rng_state(state)
         if len(_BASE_STDS) > 64:
             _BASE_STDS.clear()
@@ -165,7 +172,7 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
     torch.manual_seed(seed)
     meta = device is not None and torch.device(device).type == "meta"
     with torch.device(device) if device is not None else _nullcontext():
-        net, own_stds = build_recording_stds(lambda: factory.build(width, depth))
+        net, own_stds, replay = build_recording_stds(lambda: factory.build(width, depth))
     batch = _inputs(factory.example_batch(2))
     if batch is not None and device is not None:
         batch = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
@@ -209,7 +216,7 @@ def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module]
     gm = apply_plan(traced.graph_module, plan)
     if plan.network.center:
         gm = center(gm)
-    return CompiledModel(gm, plan)
+    return CompiledModel(gm, plan, None if meta else replay)
 
 
 def load_compiled(directory: str | Path, map_location: str | None = "cpu") -> CompiledModel:

@@ -5,12 +5,19 @@ exactly — a sample std of a 64-element bias is off by ~9% — so the in-place 
 construction are recorded (``normal_``, ``uniform_`` — which ``kaiming_uniform_`` uses —, ``fill_``, ``zero_``,
 scalings), under a ``TorchFunctionMode``, and the distribution's std is computed from their arguments. A parameter
 whose last init op is not understood (e.g. ``trunc_normal_``'s ``erfinv_``) falls back to its sample std.
+
+The same recording gives an :class:`InitReplay`: the in-place init calls, in order, on the parameters. After the
+same ``torch.manual_seed`` they redraw exactly what building the model again would, without building it (no module
+construction, no allocation, no copy) — how a coordinate check re-draws a width for its next seed. A build whose
+random numbers are not all drawn by such calls (``torch.randn`` into a parameter, a random buffer, an init of a
+slice, a parameter computed from another) has no replay; it is built again instead.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -71,16 +78,56 @@ def _init_fn_std(func, args, kwargs) -> float | None | type(...):
     return ...
 
 
+_RANDOM_FACTORIES = frozenset({
+    "rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "poisson", "rand_like",
+    "randn_like", "randint_like", "dropout", "feature_dropout", "alpha_dropout", "native_dropout", "rrelu"})
+_CONSTANT_FACTORIES = frozenset({
+    "zeros", "ones", "full", "tensor", "as_tensor", "zeros_like", "ones_like", "full_like", "arange", "linspace",
+    "logspace", "eye"})
+_DETERMINISTIC_INPLACE = frozenset({
+    "fill_", "zero_", "mul_", "div_", "add_", "sub_", "clamp_", "clamp_min_", "clamp_max_", "copy_", "constant_",
+    "zeros_", "ones_", "eye_", "dirac_", "requires_grad_", "set_", "resize_", "share_memory_"})
+
+
+@dataclass(frozen=True)
+class InitReplay:
+    """The in-place init calls a build made, in order: (function, parameter name, the other arguments, keyword
+    arguments, and for a tensor that is no parameter of the model — a weight replaced by a tied one — its shape,
+    dtype and device, to draw into scratch so that the random stream advances as in the build). Calling it after
+    ``torch.manual_seed(s)`` gives the parameters the values a build after ``torch.manual_seed(s)`` gives them."""
+
+    calls: tuple[tuple[Callable, str | None, tuple, dict[str, Any], tuple | None], ...]
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> None:
+        for fn, name, args, kwargs, scratch in self.calls:
+            target = model.get_parameter(name) if name is not None else torch.empty(
+                scratch[0], dtype=scratch[1], device=scratch[2])
+            fn(target, *args, **kwargs)
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.stds: dict[tuple, float | None] = {}
+        self.calls: list[tuple[Callable, tuple, tuple, dict[str, Any], tuple]] = []  # fn, key, args, kwargs, like
+        self.created: dict[tuple, str] = {}       # tensor key -> name of the factory that made it
+        self.assigned: set[int | None] = set()     # storages written by indexing (t[i] = …)
+        self.foreign_random = False               # random numbers drawn other than in place
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if name in _RANDOM_FACTORIES:
+            self.foreign_random = True
         if not name.endswith("_") or name.startswith("__"):
+            if isinstance(out, torch.Tensor) and not name.startswith("__get"):
+                key = _key(out)
+                if key is not None:
+                    self.created[key] = name
+            if name == "__setitem__" and args and isinstance(args[0], torch.Tensor):
+                self.assigned.add(_storage(args[0]))
             return out
         if not args and isinstance(kwargs.get("tensor"), torch.Tensor):  # nn.init functions pass it by name
             kwargs = dict(kwargs)
@@ -90,6 +137,7 @@ class _Recorder(TorchFunctionMode):
         key = _key(args[0])
         if key is None:
             return out
+        self.calls.append((func, key, tuple(args[1:]), dict(kwargs), (args[0].shape, args[0].dtype, args[0].device)))
         from_init = _init_fn_std(func, args, kwargs)
         if from_init is not ...:
             self.stds[key] = from_init
@@ -115,9 +163,48 @@ class _Recorder(TorchFunctionMode):
             self.stds[key] = None
         return out
 
+    def replay(self, model: nn.Module) -> InitReplay | None:
+        """The calls that redraw ``model``'s parameters exactly, or None where replaying them could differ."""
+        if self.foreign_random:
+            return None  # random numbers drawn into a new tensor (torch.randn(...)), not in place
+        names: dict[tuple, str] = {}
+        for name, p in model.named_parameters():
+            key = _key(p)
+            if key is None:
+                return None
+            names.setdefault(key, name)
+        storages = {key[0] for key in names}
+        if storages & self.assigned:
+            return None
+        calls = []
+        for fn, key, args, kwargs, like in self.calls:
+            if any(isinstance(a, (torch.Tensor, torch.Generator)) for a in (*args, *kwargs.values())):
+                return None  # a value copied or derived from another tensor, or a private generator
+            name = names.get(key)
+            if name is not None:
+                calls.append((fn, name, args, kwargs, None))
+            elif key[0] in storages:
+                return None  # an init of a slice of a parameter
+            elif getattr(fn, "__name__", "") not in _DETERMINISTIC_INPLACE:
+                calls.append((fn, None, args, kwargs, like))  # random numbers drawn into a discarded tensor
+        touched = {name for _, name, _, _, _ in calls}
+        for key, name in names.items():
+            if name not in touched and self.created.get(key) not in _CONSTANT_FACTORIES:
+                return None  # a parameter whose value was computed, not initialised in place
+        return InitReplay(tuple(calls))
 
-def build_recording_stds(build: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, float | None]]:
-    """Build a model and return it with the std of each parameter's init (by every name it has)."""
+
+def _storage(t: torch.Tensor):
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def build_recording_stds(build: Callable[[], nn.Module]
+                         ) -> tuple[nn.Module, dict[str, float | None], InitReplay | None]:
+    """Build a model and return it with the std of each parameter's init (by every name it has) and, where
+    its random init can be redrawn in place, the :class:`InitReplay` that does so."""
     recorder = _Recorder()
     with recorder:
         model = build()
@@ -128,4 +215,4 @@ def build_recording_stds(build: Callable[[], nn.Module]) -> tuple[nn.Module, dic
         if std is None and key is not None:
             std = float(p.detach().double().std()) if p.numel() > 1 else 0.0
         stds[name] = std
-    return model, stds
+    return model, stds, recorder.replay(model)

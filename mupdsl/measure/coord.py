@@ -78,7 +78,14 @@ class _TapGraph:
                 output = node
                 continue
             env[node] = graph.node_copy(node, lambda n: env[n])
-        taps = {keys[n.name]: env[n] for n in gm.graph.nodes if n.name in keys}
+        taps = {}
+        for node in gm.graph.nodes:
+            if node.name in keys:
+                tap = env[node]
+                if any(_writes_in_place(user, gm) for user in node.users):  # e.g. a ReLU(inplace=True) after it
+                    with graph.inserting_after(tap):
+                        tap = graph.call_function(torch.clone, (tap,))
+                taps[keys[node.name]] = tap
         graph.output((fx.node.map_arg(output.args[0], lambda n: env[n]), taps))
         self.module = fx.GraphModule(gm, graph)
         self.values: dict[str, torch.Tensor] = {}
@@ -87,6 +94,26 @@ class _TapGraph:
         out, taps = self.module(*args)
         self.values = {k: v.detach() for k, v in taps.items() if isinstance(v, torch.Tensor)}
         return out
+
+
+def _writes_in_place(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node`` overwrites its first input: x.add_(…), F.relu(x, inplace=True), nn.ReLU(inplace=True),
+    x += y."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("__")
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.target in _AUGMENTED or (name.endswith("_") and not name.startswith("__"))
+    return False
+
+
+_AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                        operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+                        operator.ilshift, operator.irshift})
 
 
 def _tapper(gm: fx.GraphModule, keys: dict[str, str]):
@@ -212,46 +239,63 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
                        seeds, tolerance, records, slopes, failures, reports)
 
 
-def _records(width: int, seeds: list[int], step: int, values: dict[str, torch.Tensor],
-             start: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """One record per seed and entry; ``values[key]`` has the seeds on its leading axis. All statistics of a
-    step reach the host in one transfer."""
-    keys = [k for k, v in values.items() if v.is_floating_point()]
-    names = ("rms", "abs_mean", "delta_rms", "delta_abs") if step else ("rms", "abs_mean")
+def _statistics(width: int, seeds: list[int], history: dict[str, list[torch.Tensor]]) -> list[dict[str, Any]]:
+    """The records of one run: ``history[key][t]`` is entry ``key`` at step t, the seeds on its leading axis.
+
+    RMS = ‖v‖₂/√n and mean |x| of each value and of its change since step 0. Computed once per run, every step
+    of an entry in one batched op, and sent to the host in one transfer (per-step statistics were most of a
+    narrow model's coordinate check)."""
+    keys = [k for k, values in history.items() if values[0].is_floating_point()]
+    if not keys:
+        return []
+    steps = len(history[keys[0]])
     with torch.no_grad():
-        rows = []
+        tables = []
         for key in keys:
-            v = values[key].flatten(1)
-            parts = [torch.linalg.vector_norm(v, dim=1) / v.shape[1] ** 0.5, v.abs().mean(1)]
-            if step:
-                d = v - start[key].flatten(1)
-                parts += [torch.linalg.vector_norm(d, dim=1) / v.shape[1] ** 0.5, d.abs().mean(1)]
-            rows.append(torch.stack(parts, dim=1))
-        numbers = torch.stack(rows).double().tolist() if rows else []  # (entries, seeds, statistics)
-    return [{"width": width, "seed": seed, "step": step, "key": key, **dict(zip(names, numbers[i][j]))}
-            for i, key in enumerate(keys) for j, seed in enumerate(seeds)]
+            x = torch.stack([_wide(v) for v in history[key]]).flatten(2)  # (steps, seeds, n): a copy
+            d = x - x[:1]
+            root_n = x.shape[2] ** 0.5
+            rms, delta_rms = torch.linalg.vector_norm(x, dim=2) / root_n, torch.linalg.vector_norm(d, dim=2) / root_n
+            tables.append(torch.stack([rms, x.abs_().mean(2), delta_rms, d.abs_().mean(2)], dim=2))
+        numbers = torch.stack(tables).double().tolist()  # (entries, steps, seeds, statistics)
+    names = ("rms", "abs_mean", "delta_rms", "delta_abs")
+    return [{"width": width, "seed": seed, "step": step, "key": key,
+             **dict(zip(names[: 4 if step else 2], numbers[i][step][j]))}
+            for step in range(steps) for i, key in enumerate(keys) for j, seed in enumerate(seeds)]
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (functorch wrappers, sparse)
+        return None
+
+
+def _wide(value: torch.Tensor) -> torch.Tensor:
+    """Half precision summed in float32, where a sum of squares cannot overflow."""
+    return value.detach().float() if value.element_size() < 4 else value.detach()
 
 
 def _train_one(compiled: CompiledModel, tapper, seed: int, steps: int, inputs, targets, width: int
                ) -> list[dict[str, Any]]:
     opt = compiled.optimizer()
-    records: list[dict[str, Any]] = []
-    start: dict[str, torch.Tensor] = {}
+    weights = {_storage(p) for p in compiled.model.parameters()}
+    history: dict[str, list[torch.Tensor]] = {}
     for step in range(steps + 1):
         with torch.set_grad_enabled(step < steps):  # the last state is only looked at
             out = tapper.run(*inputs)
-        values = {k: v.unsqueeze(0) for k, v in tapper.values.items()}
-        values["output"] = logits_of(out).detach().unsqueeze(0)
-        # a tapped value can share storage with a parameter (a cls token) that the optimizer updates in place
-        start = {k: v.clone() for k, v in values.items()} if step == 0 else start
-        records += _records(width, [seed], step, values, start)
+        values = {**tapper.values, "output": logits_of(out).detach()}
+        for key, value in values.items():
+            # a tapped value can be a parameter (a cls token) that the optimizer updates in place
+            value = value.clone() if _storage(value) in weights else value
+            history.setdefault(key, []).append(value.unsqueeze(0))
         if step == steps:
             break
         loss = task_loss(out, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return records
+    return _statistics(width, [seed], history)
 
 
 def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds: list[int], steps: int, inputs,
@@ -274,28 +318,29 @@ def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds
     forward = vmap(lambda p, *x: functional_call(graph, p, x), in_dims=(0,) + (None,) * len(inputs),
                    randomness="different")
     loss_of = vmap(lambda out: task_loss(out, targets))
-    records: list[dict[str, Any]] = []
-    start: dict[str, torch.Tensor] = {}
+    history: dict[str, list[torch.Tensor]] = {}
     for step in range(steps + 1):
         live = flat.detach().requires_grad_(step < steps)
         with torch.set_grad_enabled(step < steps), warnings.catch_warnings():
             # ops without a batching rule (fused attention on CPU) run member by member: correct, only slower
             warnings.filterwarnings("ignore", message="There is a performance drop")
             out, taps = forward(stack.views(live), *inputs)
-        values = {k: v.detach() for k, v in taps.items() if isinstance(v, torch.Tensor)}
         logits = logits_of(out)
-        values["output"] = logits.detach()
-        start = {k: v.clone() for k, v in values.items()} if step == 0 else start  # the update is in place
-        records += _records(width, seeds, step, values, start)
+        values = {**{k: v for k, v in taps.items() if isinstance(v, torch.Tensor)}, "output": logits}
+        for key, value in values.items():
+            # a tapped weight (a cls token) is a view of the buffer the optimizer updates in place: kept as is
+            history.setdefault(key, []).append(value.detach().clone())
         if step == steps:
             break
         (grad,) = torch.autograd.grad(loss_of(logits).sum(), live)
         flat = opt.step(flat, grad)
-    return records
+    return _statistics(width, seeds, history)
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.polyfit(x, y, 1)[0])
+def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slopes of each column of ``y`` (len(x), k) against ``x``: Σ(x−x̄)(y−ȳ) / Σ(x−x̄)²."""
+    centred = x - x.mean()
+    return centred @ (y - y.mean(axis=0)) / (centred @ centred)
 
 
 def fit_slopes(records: list[dict[str, Any]], widths: tuple[int, ...], seeds: int) -> list[dict[str, Any]]:
@@ -318,11 +363,10 @@ def fit_slopes(records: list[dict[str, Any]], widths: tuple[int, ...], seeds: in
             continue
         if np.any(matrix <= 1e-30):
             continue  # an exactly unchanged entry (frozen, or zero-initialised and not yet moved)
-        logs = np.log(matrix)
         mean = np.log(matrix.mean(axis=1))
-        slope = _slope(x, mean)
-        tail = _slope(x[-3:], mean[-3:]) if len(widths) >= 4 else slope
-        per_seed = [_slope(x, logs[:, s]) for s in range(seeds)]
+        slope = float(_slopes(x, mean))
+        tail = float(_slopes(x[-3:], mean[-3:])) if len(widths) >= 4 else slope
+        per_seed = _slopes(x, np.log(matrix))
         stderr = float(np.std(per_seed, ddof=1) / math.sqrt(seeds)) if seeds > 1 else 0.0
         out.append({"key": key, "step": step, "quantity": quantity, "slope": slope, "tail_slope": tail,
                     "stderr": stderr, "diverged": False})

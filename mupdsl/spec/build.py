@@ -57,7 +57,7 @@ def load_spec(name_or_path: str | Path, overrides: Mapping[str, float | str | Fr
     if path is None:
         hint = did_you_mean(Path(target).stem, preset_names()) or f"presets: {', '.join(preset_names())}"
         raise SpecError(f"no such spec file or preset '{target}'", SourcePos(target, 0, 0), hint=hint)
-    spec = _load(path, ())
+    spec = _load_cached(path)
     merged = dict(overrides or {})
     merged.update(kw_overrides)
     if merged:
@@ -114,8 +114,39 @@ def _read(path: Path) -> str:
                         hint="save the spec as UTF-8") from None
 
 
-def _load(path: Path, stack: tuple[Path, ...]) -> Spec:
+_LOADED: dict[tuple[Path, str], tuple[tuple[tuple[Path, tuple[int, int]], ...], Spec]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _load_cached(path: Path) -> Spec:
+    """:func:`_load`, remembered per file while neither it nor any file it extends changes (a sweep or a
+    coordinate check loads the same spec many times; a Spec is immutable)."""
+    key = (path.resolve(), _display(path))
+    hit = _LOADED.get(key)
+    try:
+        if hit is not None and all(_stamp(f) == stamp for f, stamp in hit[0]):
+            return hit[1]
+    except OSError:
+        pass
+    read: list[tuple[Path, tuple[int, int]]] = []
+    spec = _load(path, (), read)
+    if len(_LOADED) > 256:
+        _LOADED.clear()
+    _LOADED[key] = (tuple(read), spec)
+    return spec
+
+
+def _load(path: Path, stack: tuple[Path, ...], read: list | None = None) -> Spec:
     resolved = path.resolve()
+    if read is not None:
+        try:
+            read.append((resolved, _stamp(resolved)))  # stamped before reading: a later edit misses the cache
+        except OSError:
+            pass
     text = _read(path)
     display = _display(path)
     try:
@@ -136,7 +167,7 @@ def _load(path: Path, stack: tuple[Path, ...]) -> Spec:
             cycle = " -> ".join(p.name for p in loop)
             raise SpecError(f"extends cycle: {cycle}", pos, source=text,
                             hint="a spec cannot extend itself, directly or through others")
-        parent = _load(parent_path, chain)
+        parent = _load(parent_path, chain, read)
     return _merge(parsed, parent)
 
 
