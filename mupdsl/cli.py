@@ -305,23 +305,29 @@ def _widths(text: str) -> tuple[int, ...]:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--data", type=click.Choice(["example", "mnist1d"]), default="example", show_default=True)
 @click.option("--tolerance", type=float, default=None, help="Largest |slope| taken as flat (default 0.25).")
+@click.option("--extend", type=int, default=None,
+              help="Widths (each twice the widest) that may be added when the given ones cannot decide (default 1).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the figure (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 def coordcheck_cmd(spec, model, widths, base_width, depth, base_depth, steps, optimizer, sets, seeds, batch_size,
-                   data, tolerance, plot, as_json) -> None:
+                   data, tolerance, extend, device, plot, as_json) -> None:
     """Coordinate check: is SPEC width-stable on MODEL? Exit 0 on PASS, 1 on FAIL (naming the layers), 2 on bad input."""
     from .compile import CompileError  # noqa: PLC0415
-    from .measure.coord import DEFAULT_TOLERANCE, coordcheck  # noqa: PLC0415
+    from .measure.coord import DEFAULT_EXTEND, DEFAULT_TOLERANCE, coordcheck  # noqa: PLC0415
 
     loaded = _load(spec, _parse_sets(sets))
     overrides = _parse_sets(sets)
     if steps < 1 or seeds < 1 or batch_size < 1:
         raise BadInput("--steps, --seeds and --batch-size must be at least 1")
+    if extend is not None and extend < 0:
+        raise BadInput("--extend must be 0 or more")
     try:
         result = coordcheck(loaded, model, widths=_widths(widths), steps=steps, optimizer=optimizer,
                             overrides=overrides, seeds=seeds, batch_size=batch_size, data=data,
                             base_width=base_width, depth=depth, base_depth=base_depth,
-                            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, device=device,
+                            extend=DEFAULT_EXTEND if extend is None else extend,
                             progress=lambda line: err().print(f"[dim]{line}[/]"))
     except CompileError as exc:
         raise _compile_error(exc) from None

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from mupdsl.cli import main
 from mupdsl.measure import coordcheck
-from mupdsl.measure.coord import _statistics, fit_slopes, judge
+from mupdsl.measure import coord
+from mupdsl.measure.coord import _statistics, fit_slopes, judge, undecided
 
 FAST = dict(widths=(64, 128, 256, 512), seeds=2, batch_size=16)
 MODELS = {
@@ -159,6 +160,36 @@ def test_a_tapped_parameter_keeps_its_value_per_step():
     result = coordcheck("mup", "mupdsl.models.vit", widths=(32, 64), seeds=1, steps=2, batch_size=4)
     deltas = [r["delta_rms"] for r in result.records if r["key"] == "cls" and r["step"] > 0]
     assert len(deltas) == 4 and min(deltas) > 0
+
+
+def test_undecided_entries_are_the_excused_ones_beyond_the_tolerance():
+    def s(key, step, q, slope, tail=None, stderr=0.0):
+        return {"key": key, "step": step, "quantity": q, "slope": slope, "tail_slope": slope if tail is None else tail,
+                "stderr": stderr, "diverged": False}
+    slopes = [s("noisy", 4, "delta_rms", -0.45, stderr=0.2),      # vanishing, but not significant across seeds
+              s("plateau", 4, "delta_rms", -0.47, tail=-0.02),   # vanishing, but flat over the widest three
+              s("grows", 2, "rms", 0.4, tail=0.1),               # an activation growing, flat at the wide end
+              s("lag", 1, "delta_rms", -0.5, tail=-0.1),         # vanishing before the last step only: a lag
+              s("flat", 4, "delta_rms", -0.1),                   # within the tolerance
+              s("output", 0, "rms", -0.5),                       # µP's readout at init
+              s("vanish", 4, "delta_rms", -0.5)]                 # a decided failure
+    assert undecided(slopes, 0.25, 4) == ["noisy", "plateau", "grows"]
+
+
+def test_a_width_is_added_when_the_widths_cannot_decide(monkeypatch):
+    calls = []
+
+    def once(slopes, tolerance, steps):
+        calls.append(sorted({s["key"] for s in slopes}))
+        return ["hidden.0"] if len(calls) == 1 else []
+    monkeypatch.setattr(coord, "undecided", once)
+    kw = dict(widths=(32, 64, 128), seeds=2, steps=2, batch_size=8)
+    result = coordcheck("mup", "mupdsl.models.mlp", **kw)
+    assert result.verdict == "PASS" and result.widths == [32, 64, 128, 256] and len(calls) == 1
+    assert {r["width"] for r in result.records} == {32, 64, 128, 256}
+    assert {s["key"] for s in result.slopes} == set(calls[0])  # every entry fitted over the four widths
+    assert any("width 256 added" in line and "hidden.0" in line for line in result.reports)
+    assert coordcheck("mup", "mupdsl.models.mlp", extend=0, **kw).widths == [32, 64, 128]
 
 
 def test_cli_exit_codes(tmp_path):

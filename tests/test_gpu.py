@@ -93,3 +93,26 @@ def test_compiled_model_trains_on_cuda_and_under_torch_compile():
     assert losses[-1] < losses[0]
     r = measure_compiled(compiled, Batch((x,), y), optimizer=opt, tol=1e-4)
     assert r.converged and r.sharpness > 0
+
+
+def test_coordcheck_on_cuda_gives_the_cpu_verdicts_and_batched_seeds_the_records_of_seeds_one_by_one():
+    """On the GPU the verdicts are the CPU's (the CUDA generator draws other numbers, so records are compared
+    between the GPU's two paths: vmapped seeds against seeds one by one)."""
+    from mupdsl.measure import coordcheck
+
+    kw = dict(widths=(64, 128, 256), seeds=2, steps=3, batch_size=16)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    key = ("width", "seed", "step", "key")
+    for model, spec, verdict in [("mupdsl.models.mlp", "mup", "PASS"), ("mupdsl.models.mlp", "sp", "FAIL"),
+                                 ("mupdsl.models.mlp", "ntp", "FAIL"), ("mupdsl.models.gpt", "mup", "PASS")]:
+        alone = coordcheck(spec, model, device="cuda", batched_seeds=False, **kw)
+        together = coordcheck(spec, model, device="cuda", batched_seeds=True, **kw)
+        cpu = coordcheck(spec, model, **kw)
+        assert alone.verdict == together.verdict == cpu.verdict == verdict, (model, spec)
+        by_key = {tuple(r[k] for k in key): r for r in alone.records}
+        assert len(by_key) == len(together.records)
+        for r in together.records:
+            a = by_key[tuple(r[k] for k in key)]
+            for stat in set(a) & {"rms", "abs_mean", "delta_rms", "delta_abs"}:
+                assert r[stat] == pytest.approx(a[stat], rel=1e-3, abs=1e-6), (model, spec, r["key"], stat)

@@ -166,7 +166,7 @@ def gate(exp: Experiment, store: Store, say: Callable[[str], None]) -> dict[str,
     for spec in exp.specs:
         if spec not in done:
             result = coordcheck(spec, exp.model, widths=widths, optimizer=exp.optimizer, seeds=2,
-                                depth=exp.depth, base_depth=exp.base_depth,
+                                depth=exp.depth, base_depth=exp.base_depth, device=_device(exp),
                                 data="mnist1d" if exp.dataset == "mnist1d" else "example",
                                 overrides={exp.gamma_name: _gate_gamma(exp.gammas)} if exp.gammas else None)
             detail = "; ".join(f"{f['key']} t={f['step']} {f['symptom']} ({f['slope']:+.2f})"
