@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from mupdsl.cli import main
 from mupdsl.measure import coordcheck
 from mupdsl.measure import coord
-from mupdsl.measure.coord import _statistics, fit_slopes, judge, undecided
+from mupdsl.measure.coord import _Statistics, fit_slopes, judge, undecided
 
 FAST = dict(widths=(64, 128, 256, 512), seeds=2, batch_size=16)
 MODELS = {
@@ -85,11 +85,16 @@ def test_judge_rules():
     assert fails == [] and reports                                # µP's shrinking logits at init
 
 
-def test_statistics_are_the_rms_and_mean_abs_of_values_and_changes():
+@pytest.mark.parametrize("budget", [256 * 2**20, 0])
+def test_statistics_are_the_rms_and_mean_abs_of_values_and_changes(budget):
+    """Reduced all at the end, or step by step (a budget of 0 bytes, as for a model too wide to keep its steps)."""
     g = torch.Generator().manual_seed(0)
     history = {"a": [torch.randn(2, 3, 5, generator=g) for _ in range(3)],
                "h": [torch.randn(2, 7, generator=g).half() for _ in range(3)]}
-    records = {(r["key"], r["step"], r["seed"]): r for r in _statistics(64, [10, 11], history)}
+    statistics = _Statistics(64, [10, 11], budget=budget)
+    for t in range(3):
+        statistics.add({key: values[t] for key, values in history.items()})
+    records = {(r["key"], r["step"], r["seed"]): r for r in statistics.records()}
     assert len(records) == 2 * 3 * 2
     for key, values in history.items():
         for t, value in enumerate(values):

@@ -289,29 +289,63 @@ def _device(device: str | torch.device | None) -> torch.device | None:
     return device
 
 
-def _statistics(width: int, seeds: list[int], history: dict[str, list[torch.Tensor]]) -> list[dict[str, Any]]:
-    """The records of one run: ``history[key][t]`` is entry ``key`` at step t, the seeds on its leading axis.
+class _Statistics:
+    """The records of one run, fed the tapped values step by step (the seeds on each value's leading axis).
 
-    RMS = ‖v‖₂/√n and mean |x| of each value and of its change since step 0. Computed once per run, every step
-    of an entry in one batched op, and sent to the host in one transfer (per-step statistics were most of a
-    narrow model's coordinate check)."""
-    keys = [k for k, values in history.items() if values[0].is_floating_point()]
-    if not keys:
-        return []
-    steps = len(history[keys[0]])
-    with torch.no_grad():
-        tables = []
-        for key in keys:
-            x = torch.stack([_wide(v) for v in history[key]]).flatten(2)  # (steps, seeds, n): a copy
-            d = x - x[:1]
-            root_n = x.shape[2] ** 0.5
-            rms, delta_rms = torch.linalg.vector_norm(x, dim=2) / root_n, torch.linalg.vector_norm(d, dim=2) / root_n
-            tables.append(torch.stack([rms, x.abs_().mean(2), delta_rms, d.abs_().mean(2)], dim=2))
-        numbers = torch.stack(tables).double().tolist()  # (entries, steps, seeds, statistics)
-    names = ("rms", "abs_mean", "delta_rms", "delta_abs")
-    return [{"width": width, "seed": seed, "step": step, "key": key,
-             **dict(zip(names[: 4 if step else 2], numbers[i][step][j]))}
-            for step in range(steps) for i, key in enumerate(keys) for j, seed in enumerate(seeds)]
+    RMS = ‖v‖₂/√n and mean |x| of each value and of its change since step 0. The values are kept and reduced
+    together, every step of an entry in one batched op (per-step reductions were most of a narrow model's
+    coordinate check), until they would hold more than ``budget`` bytes — then the steps kept so far are reduced
+    and dropped, so a wide model needs no more memory than a few of its activations. All numbers of the run reach
+    the host in one transfer."""
+
+    NAMES = ("rms", "abs_mean", "delta_rms", "delta_abs")
+
+    def __init__(self, width: int, seeds: list[int], budget: int = 256 * 2**20) -> None:
+        self.width, self.seeds, self.budget = width, seeds, budget
+        self.first: dict[str, torch.Tensor] = {}                 # step-0 value per entry, flattened
+        self.pending: dict[str, list[torch.Tensor]] = {}
+        self.reduced: dict[str, list[torch.Tensor]] = {}          # (steps, seeds, 4) blocks
+        self.held = 0
+        self.steps = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            if not value.is_floating_point():
+                continue
+            flat = _wide(value).flatten(1)
+            if self.steps == 0:
+                self.first[key] = flat
+            self.pending.setdefault(key, []).append(flat)
+            self.held += flat.numel() * flat.element_size()
+        self.steps += 1
+        if self.held > self.budget:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        with torch.no_grad():
+            for key, values in self.pending.items():
+                if not values:
+                    continue
+                x = torch.stack(values)  # (steps, seeds, n): a copy
+                d = x - self.first[key]
+                root_n = x.shape[2] ** 0.5
+                rms = torch.linalg.vector_norm(x, dim=2) / root_n
+                delta_rms = torch.linalg.vector_norm(d, dim=2) / root_n
+                self.reduced.setdefault(key, []).append(
+                    torch.stack([rms, x.abs_().mean(2), delta_rms, d.abs_().mean(2)], dim=2))
+                values.clear()
+        self.held = 0
+
+    def records(self) -> list[dict[str, Any]]:
+        self._reduce()
+        keys = list(self.reduced)
+        if not keys:
+            return []
+        # (entries, steps, seeds, statistics)
+        numbers = torch.stack([torch.cat(self.reduced[k]) for k in keys]).double().tolist()
+        return [{"width": self.width, "seed": seed, "step": step, "key": key,
+                 **dict(zip(self.NAMES[: 4 if step else 2], numbers[i][step][j]))}
+                for step in range(self.steps) for i, key in enumerate(keys) for j, seed in enumerate(self.seeds)]
 
 
 def _storage(t: torch.Tensor) -> int | None:
@@ -330,22 +364,21 @@ def _train_one(compiled: CompiledModel, tapper, seed: int, steps: int, inputs, t
                ) -> list[dict[str, Any]]:
     opt = compiled.optimizer()
     weights = {_storage(p) for p in compiled.model.parameters()}
-    history: dict[str, list[torch.Tensor]] = {}
+    statistics = _Statistics(width, [seed])
     for step in range(steps + 1):
         with torch.set_grad_enabled(step < steps):  # the last state is only looked at
             out = tapper.run(*inputs)
         values = {**tapper.values, "output": logits_of(out).detach()}
-        for key, value in values.items():
-            # a tapped value can be a parameter (a cls token) that the optimizer updates in place
-            value = value.clone() if _storage(value) in weights else value
-            history.setdefault(key, []).append(value.unsqueeze(0))
+        # a tapped value can be a parameter (a cls token) that the optimizer updates in place
+        statistics.add({key: (value.clone() if _storage(value) in weights else value).unsqueeze(0)
+                        for key, value in values.items()})
         if step == steps:
             break
         loss = task_loss(out, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return _statistics(width, [seed], history)
+    return statistics.records()
 
 
 def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds: list[int], steps: int, inputs,
@@ -368,7 +401,7 @@ def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds
     forward = vmap(lambda p, *x: functional_call(graph, p, x), in_dims=(0,) + (None,) * len(inputs),
                    randomness="different")
     loss_of = vmap(lambda out: task_loss(out, targets))
-    history: dict[str, list[torch.Tensor]] = {}
+    statistics = _Statistics(width, seeds)
     for step in range(steps + 1):
         live = flat.detach().requires_grad_(step < steps)
         with torch.set_grad_enabled(step < steps), warnings.catch_warnings():
@@ -377,14 +410,13 @@ def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds
             out, taps = forward(stack.views(live), *inputs)
         logits = logits_of(out)
         values = {**{k: v for k, v in taps.items() if isinstance(v, torch.Tensor)}, "output": logits}
-        for key, value in values.items():
-            # a tapped weight (a cls token) is a view of the buffer the optimizer updates in place: kept as is
-            history.setdefault(key, []).append(value.detach().clone())
+        # a tapped weight (a cls token) is a view of the buffer the optimizer updates in place: kept as is
+        statistics.add({key: value.detach().clone() for key, value in values.items()})
         if step == steps:
             break
         (grad,) = torch.autograd.grad(loss_of(logits).sum(), live)
         flat = opt.step(flat, grad)
-    return _statistics(width, seeds, history)
+    return statistics.records()
 
 
 def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
