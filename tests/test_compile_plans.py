@@ -345,3 +345,16 @@ def test_reinitialize_builds_again_where_replaying_could_differ(tmp_path, builde
     b = compiled.reinitialize(5)
     for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(p, q), name
+
+
+def test_a_parameter_drawn_out_of_place_has_its_exact_init_std():
+    """ViT's ``nn.Parameter(torch.randn(...) * 0.02)``: std 0.02 read from the calls, not from the sample, so the
+    plan does not depend on the seed and reinitialising (a new build here) equals compiling with that seed."""
+    plans = [compile_model("mup", "mupdsl.models.vit", width=32, base_width=16, seed=s) for s in (0, 3)]
+    for compiled in plans:
+        pos = compiled.plan.tensor("pos")
+        assert pos.default_std == pytest.approx(0.02, rel=1e-12) and pos.base_std == pytest.approx(0.02, rel=1e-12)
+    assert plans[0].init_replay is None                          # torch.randn: built again, not replayed
+    b = plans[0].reinitialize(3)
+    for (name, p), (_, q) in zip(plans[1].model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p, q), name

@@ -3,8 +3,9 @@
 ``keep`` keeps a model's init; ``base`` rescales it to the std it has at the base width. Both need that std
 exactly — a sample std of a 64-element bias is off by ~9% — so the in-place RNG and fill calls made during
 construction are recorded (``normal_``, ``uniform_`` — which ``kaiming_uniform_`` uses —, ``fill_``, ``zero_``,
-scalings), under a ``TorchFunctionMode``, and the distribution's std is computed from their arguments. A parameter
-whose last init op is not understood (e.g. ``trunc_normal_``'s ``erfinv_``) falls back to its sample std.
+scalings; out of place, ``torch.randn(…) * c`` and its kin), under a ``TorchFunctionMode``, and the distribution's
+std is computed from their arguments. A parameter whose last init op is not understood (e.g. ``trunc_normal_``'s
+``erfinv_``) falls back to its sample std.
 
 The same recording gives an :class:`InitReplay`: the in-place init calls, in order, on the parameters. After the
 same ``torch.manual_seed`` they redraw exactly what building the model again would, without building it (no module
@@ -106,6 +107,38 @@ class InitReplay:
             fn(target, *args, **kwargs)
 
 
+_SCALINGS = {"mul": 1, "__mul__": 1, "__rmul__": 1, "div": -1, "__truediv__": -1}
+_SHIFTS = frozenset({"add", "sub", "__add__", "__radd__", "__sub__", "__rsub__", "__neg__", "neg"})
+
+
+def _made_std(name: str, args: tuple, kwargs: dict, stds: dict[tuple, float | None]) -> float | None | type(...):
+    """Std of a tensor made out of place — ``torch.randn(n) * 0.02``, a ViT's positional embedding — or ... when
+    unknown: a standard normal or uniform draw, scaled or shifted by Python numbers."""
+    if name in ("randn", "randn_like"):
+        return 1.0
+    if name in ("rand", "rand_like"):
+        return 1.0 / math.sqrt(12.0)
+    if name in ("zeros", "ones", "full", "zeros_like", "ones_like", "full_like"):
+        return 0.0
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    if len(tensors) != 1 or kwargs or len(tensors) + len(numbers) != len(args):
+        return ...
+    key = _key(tensors[0])
+    std = stds.get(key) if key is not None else None
+    if std is None:
+        return ...
+    if name in _SHIFTS:
+        return std
+    if name in _SCALINGS and numbers:
+        factor = float(numbers[0])
+        if _SCALINGS[name] < 0 and isinstance(args[0], torch.Tensor):
+            return std / abs(factor) if factor else ...
+        if _SCALINGS[name] > 0:
+            return std * abs(factor)
+    return ...
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
@@ -126,6 +159,11 @@ class _Recorder(TorchFunctionMode):
                 key = _key(out)
                 if key is not None:
                     self.created[key] = name
+                    std = _made_std(name, args, kwargs, self.stds)
+                    if std is not ...:
+                        self.stds[key] = std
+                    elif not any(isinstance(a, torch.Tensor) and _storage(a) == key[0] for a in args):
+                        self.stds.pop(key, None)  # new memory where a freed tensor's init was recorded
             if name == "__setitem__" and args and isinstance(args[0], torch.Tensor):
                 self.assigned.add(_storage(args[0]))
             return out
