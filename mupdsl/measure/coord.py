@@ -229,9 +229,9 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
         targets = targets.to(device)
     seed_list = list(range(first_seed, first_seed + seeds))
 
-    def run(w: int) -> list[dict[str, Any]]:
+    def run(w: int, why: str = "") -> list[dict[str, Any]]:
         if progress:
-            progress(f"coordcheck {spec.name}: width {w}, {seeds} seed{'s' * (seeds > 1)}")
+            progress(f"coordcheck {spec.name}: width {w}{why}, {seeds} seed{'s' * (seeds > 1)}")
         # trace and plan once per width; other seeds only re-draw the weights
         compiled = compile_model(spec, factory, width=w, base_width=base_width, depth=depth, base_depth=base_depth,
                                  optimizer=optimizer, seed=first_seed, device=device)
@@ -262,7 +262,7 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
         wider = 2 * widths[-1]
         reports.append(f"width {wider} added: the trend of {_names(doubtful)} was too noisy or flattened at the "
                        "widest widths to decide on")
-        records += run(wider)
+        records += run(wider, f" (added: {_names(doubtful, 2)} undecided over widths {widths[0]}–{widths[-1]})")
         widths += (wider,)
         slopes = fit_slopes(records, widths, seeds)
         failures, more = judge(slopes, tolerance, steps)
