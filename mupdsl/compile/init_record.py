@@ -162,10 +162,10 @@ class _Recorder(TorchFunctionMode):
                     std = _made_std(name, args, kwargs, self.stds)
                     if std is not ...:
                         self.stds[key] = std
-                    elif not any(isinstance(a, torch.Tensor) and _storage(a) == key[0] for a in args):
+                    elif not any(isinstance(a, torch.Tensor) and storage_pointer(a) == key[0] for a in args):
                         self.stds.pop(key, None)  # new memory where a freed tensor's init was recorded
             if name == "__setitem__" and args and isinstance(args[0], torch.Tensor):
-                self.assigned.add(_storage(args[0]))
+                self.assigned.add(storage_pointer(args[0]))
             return out
         if not args and isinstance(kwargs.get("tensor"), torch.Tensor):  # nn.init functions pass it by name
             kwargs = dict(kwargs)
@@ -232,7 +232,9 @@ class _Recorder(TorchFunctionMode):
         return InitReplay(tuple(calls))
 
 
-def _storage(t: torch.Tensor):
+def storage_pointer(t: torch.Tensor) -> int | None:
+    """Address of the memory under ``t`` (shared by its views), or None for a tensor without storage (a functorch
+    wrapper, a sparse tensor)."""
     try:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):

@@ -30,6 +30,7 @@ import torch
 from torch import fx
 
 from ..compile import CompiledModel, compile_model, load_factory
+from ..compile.init_record import storage_pointer
 from ..spec import Spec, apply_overrides, load_spec
 from .losses import logits_of, task_loss
 
@@ -348,13 +349,6 @@ class _Statistics:
                 for step in range(self.steps) for i, key in enumerate(keys) for j, seed in enumerate(self.seeds)]
 
 
-def _storage(t: torch.Tensor) -> int | None:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # tensors without storage (functorch wrappers, sparse)
-        return None
-
-
 def _wide(value: torch.Tensor) -> torch.Tensor:
     """Half precision summed in float32, where a sum of squares cannot overflow."""
     return value.detach().float() if value.element_size() < 4 else value.detach()
@@ -363,14 +357,14 @@ def _wide(value: torch.Tensor) -> torch.Tensor:
 def _train_one(compiled: CompiledModel, tapper, seed: int, steps: int, inputs, targets, width: int
                ) -> list[dict[str, Any]]:
     opt = compiled.optimizer()
-    weights = {_storage(p) for p in compiled.model.parameters()}
+    weights = {storage_pointer(p) for p in compiled.model.parameters()}
     statistics = _Statistics(width, [seed])
     for step in range(steps + 1):
         with torch.set_grad_enabled(step < steps):  # the last state is only looked at
             out = tapper.run(*inputs)
         values = {**tapper.values, "output": logits_of(out).detach()}
         # a tapped value can be a parameter (a cls token) that the optimizer updates in place
-        statistics.add({key: (value.clone() if _storage(value) in weights else value).unsqueeze(0)
+        statistics.add({key: (value.clone() if storage_pointer(value) in weights else value).unsqueeze(0)
                         for key, value in values.items()})
         if step == steps:
             break
@@ -410,8 +404,10 @@ def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds
             out, taps = forward(stack.views(live), *inputs)
         logits = logits_of(out)
         values = {**{k: v for k, v in taps.items() if isinstance(v, torch.Tensor)}, "output": logits}
-        # a tapped weight (a cls token) is a view of the buffer the optimizer updates in place: kept as is
-        statistics.add({key: value.detach().clone() for key, value in values.items()})
+        # a tapped weight (a cls token) is a view of the buffer the optimizer updates in place: copied
+        buffer = storage_pointer(flat)
+        statistics.add({key: value.detach().clone() if storage_pointer(value) == buffer else value.detach()
+                        for key, value in values.items()})
         if step == steps:
             break
         (grad,) = torch.autograd.grad(loss_of(logits).sum(), live)

@@ -114,11 +114,16 @@ def _read(path: Path) -> str:
                         hint="save the spec as UTF-8") from None
 
 
-_LOADED: dict[tuple[Path, str], tuple[tuple[tuple[Path, tuple[int, int]], ...], Spec]] = {}
+_LOADED: dict[tuple[Path, str], tuple[tuple[tuple[Path, tuple[int, int] | None], ...], Spec]] = {}
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When and how large ``path`` was written; None if it cannot be read (never equal: the file is read again,
+    and reading it reports the problem at its place)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
     return st.st_mtime_ns, st.st_size
 
 
@@ -127,12 +132,9 @@ def _load_cached(path: Path) -> Spec:
     coordinate check loads the same spec many times; a Spec is immutable)."""
     key = (path.resolve(), _display(path))
     hit = _LOADED.get(key)
-    try:
-        if hit is not None and all(_stamp(f) == stamp for f, stamp in hit[0]):
-            return hit[1]
-    except OSError:
-        pass
-    read: list[tuple[Path, tuple[int, int]]] = []
+    if hit is not None and all(stamp is not None and _stamp(f) == stamp for f, stamp in hit[0]):
+        return hit[1]
+    read: list[tuple[Path, tuple[int, int] | None]] = []
     spec = _load(path, (), read)
     if len(_LOADED) > 256:
         _LOADED.clear()
@@ -143,10 +145,7 @@ def _load_cached(path: Path) -> Spec:
 def _load(path: Path, stack: tuple[Path, ...], read: list | None = None) -> Spec:
     resolved = path.resolve()
     if read is not None:
-        try:
-            read.append((resolved, _stamp(resolved)))  # stamped before reading: a later edit misses the cache
-        except OSError:
-            pass
+        read.append((resolved, _stamp(resolved)))  # stamped before reading: a later edit misses the cache
     text = _read(path)
     display = _display(path)
     try:
