@@ -245,7 +245,7 @@ def compile_cmd(spec, model, width, base_width, depth, base_depth, optimizer, se
     if emit_code:
         header = (f"# forward() of {plan.model} compiled with {plan.spec} ({plan.optimizer}), width {width}, "
                   f"base width {plan.network.base_width}, by mupdsl\n")
-        Path(emit_code).write_text(header + compiled.model.code)
+        Path(emit_code).write_text(header + compiled.graph.code)
     for warning in plan.warnings:
         err().print(f"[yellow]warning:[/] {warning}")
     if as_json:

@@ -138,7 +138,8 @@ def sharpness_demo(out: Path, say: Callable[[str], None]) -> dict:
             points = []
             for step in range(steps + 1):
                 if step % every == 0:
-                    scale = preconditioner(compiled.model, names, {t.name: t.lr for t in compiled.plan.tensors}, eta0)
+                    lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}
+                    scale = preconditioner(compiled.model, names, lrs, eta0)
                     r = tracker(compiled.model, batch, scale=scale, names=names)
                     points.append((step, r.sharpness, r.hvps))
                 loss = task_loss(compiled(x[:256]), y[:256])

@@ -61,12 +61,15 @@ def test_gpt_traps_ties_and_attention(build):
     compiled = compile_model("mup", f"mupdsl.models.gpt:{build}", width=32, base_width=16, depth=3)
     plan = compiled.plan
     assert [b.k for b in plan.residual_blocks] == [2] * 6   # attention (q/k/v -> o) and MLP (fc -> proj)
+    assert type(compiled.model).__name__ == "GPT"   # the user's own module
     block_adds = {b.node for b in plan.residual_blocks}
-    graph_adds = [n for n in compiled.model.graph.nodes if n.op == "call_function" and "add" in n.name]
+    graph_adds = [n for n in compiled.traced.graph_module.graph.nodes if n.op == "call_function" and "add" in n.name]
     assert len(graph_adds) > len(block_adds)  # GELU, mask and positional adds exist and are not blocks
     tok = plan.tensor("tok.weight")
     assert tok.role == "embedding" and tok.tied_to == ["head.weight"]
     assert sorted(tok.use_mults.values()) == [0.5, 1.0]   # readout use gets the output multiplier 1/m
+    # the tied table cannot carry both multipliers: the readout's 1/m is a forward hook on the head
+    assert [(m.module, m.kind, m.factor) for m in plan.runtime] == [("head", "output", 0.5)]
     assert [a.kind for a in plan.attention] == ["matmul"] * 3
     assert all(a.scale == pytest.approx(4 ** 0.5 / 8) for a in plan.attention)
     assert plan.tensor("pos.weight").role == "embedding" and not plan.tensor("pos.weight").residual
@@ -83,8 +86,21 @@ def test_attention_scale_is_applied():
     assert torch.allclose(sp(x), plain(x), rtol=1e-5, atol=1e-5)  # SP keeps 1/sqrt(d)
     assert torch.allclose(mup(x), plain(x), rtol=1e-5, atol=1e-5)  # at base width µP's 1/d equals 1/sqrt(d0)
     wide = compile_model("mup", "mupdsl.models.gpt", width=64, base_width=32, seed=1)
-    code = wide.model.code
-    assert "0.17677669529663687" in code or "0.1767766952966369" in code
+    site = wide.plan.attention[0]
+    assert site.own_scale == pytest.approx(16 ** -0.5) and site.scale == pytest.approx(8 ** -0.5 * 8 / 16)  # µP: 1/d
+    # independently: the user's GPT with the spec-level weights and its q projection scaled by scale·sqrt(d)
+    # computes the logits q·k·scale; it must equal the compiled model
+    plain = gpt.build(64)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            p.copy_(wide.model.get_parameter(name) / wide.plan.tensor(name).carried.fold)
+        for block in plain.blocks:
+            block.attn.q.weight.mul_(site.scale * 16 ** 0.5)
+            block.attn.q.bias.mul_(site.scale * 16 ** 0.5)
+        plain.head.weight = plain.tok.weight
+    expected = plain(x)
+    # the readout multiplier 1/m (0.5) of µP on the tied head
+    assert torch.allclose(wide(x), expected * 0.5, rtol=1e-5, atol=1e-6)
 
 
 transformers = pytest.importorskip("transformers")
@@ -157,9 +173,11 @@ def test_state_dict_pickle_and_plan_round_trip(tmp_path):
     user_keys = set(gpt.build(32, 2).state_dict())
     assert set(compiled.model.state_dict()) == user_keys
     # gpt.py's string annotations must not reach the generated code's globals (torch < 2.12 cannot pickle them)
-    assert not [v for v in compiled.model.graph.python_code("self").globals.values() if isinstance(v, str)]
+    assert not [v for v in compiled.graph.graph.python_code("self").globals.values() if isinstance(v, str)]
     clone = pickle.loads(pickle.dumps(compiled))
     assert torch.equal(clone(x), compiled(x))
+    model_clone = pickle.loads(pickle.dumps(compiled.model))   # the model pickles with its hooks
+    assert torch.equal(model_clone(x), compiled(x))
     compiled.save(tmp_path / "ckpt")
     again = load_compiled(tmp_path / "ckpt")
     assert again.plan == compiled.plan
@@ -182,8 +200,8 @@ def test_centering_outputs_zero_at_init():
     F.cross_entropy(compiled(x), torch.zeros(5, dtype=torch.long)).backward()
     opt.step()
     assert compiled(x).abs().max() > 0
-    assert all(k.startswith("mupdsl_init.") for k in set(compiled.model.state_dict()) - set(
-        __import__("mupdsl.models.mlp", fromlist=["build"]).build(32).state_dict()))
+    # θ₀ lives in the centering hook, not in the state_dict: the keys are the user's
+    assert set(compiled.model.state_dict()) == set(__import__("mupdsl.models.mlp", fromlist=["build"]).build(32).state_dict())
 
 
 # ------------------------------------------------------------------------------------------------------------

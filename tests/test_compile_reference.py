@@ -1,4 +1,7 @@
-"""The compiled model against models written by hand from the papers (float64, <= 1e-10 over 5 steps)."""
+"""The compiled model against models written by hand from the papers (float64, <= 1e-10 over 5 steps).
+
+The compiled model carries each multiplier folded into its weight (W = fold · w, TP5 Lemma J.1), so its weights are
+the hand-written model's times the plan's fold, and an ε set by hand on w is ε / |fold| on W."""
 
 import math
 
@@ -19,6 +22,17 @@ pytestmark = pytest.mark.usefixtures("float64")
 def batch(n=16, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, D, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
+
+
+def fold(compiled, name):
+    return compiled.plan.tensor(name).carried.fold
+
+
+def groups_with_eps(compiled, eps):
+    """One group per tensor with the plan's carried lr, and the Adam ε a hand-written model uses on w (ε / |fold| on
+    the stored W)."""
+    return [dict(params=[compiled.model.get_parameter(t.name)], lr=t.carried.lr, eps=eps / abs(t.carried.fold))
+            for t in compiled.plan.tensors]
 
 
 def train(forward, params_groups, opt_name, steps=5, x_y=None):
@@ -73,18 +87,16 @@ def test_mup_equals_hand_written(opt):
     compiled = compile_model("mup", "mupdsl.models.mlp", width=128, base_width=32, depth=2, optimizer=opt,
                              overrides={"eta0": eta0, "eps0": 0.0} if opt == "adam" else {"eta0": eta0}, seed=3)
     hand = HandMuP(128, 32, 2, seed=3)
+    assert fold(compiled, "readout.weight") == pytest.approx(32 / 128)   # the readout's 1/m, folded
     for name, p in hand.net.named_parameters():
-        assert torch.allclose(p, compiled.model.get_parameter(name), rtol=1e-14, atol=0), name
-    opt_groups = compiled.param_groups()
-    if opt == "adam":
-        for g in opt_groups:
-            g["eps"] = 1e-8
+        assert torch.allclose(p * fold(compiled, name), compiled.model.get_parameter(name), rtol=1e-14, atol=0), name
+    opt_groups = groups_with_eps(compiled, 1e-8) if opt == "adam" else compiled.param_groups()
     a = train(compiled.model, opt_groups, opt)
     b = train(hand, hand.groups(opt, eta0), opt)
     for s, (u, v) in enumerate(zip(a, b)):
         assert torch.allclose(u, v, rtol=0, atol=1e-10), (s, (u - v).abs().max())
     for name, p in hand.net.named_parameters():
-        assert torch.allclose(p, compiled.model.get_parameter(name), rtol=0, atol=1e-10), name
+        assert torch.allclose(p * fold(compiled, name), compiled.model.get_parameter(name), rtol=0, atol=1e-10), name
 
 
 class HandSeed002(nn.Module):
@@ -160,8 +172,7 @@ def test_seed002_eq1_equals_hand_written(tmp_path, opt):
     # same N(0,1) draws: copy the compiled init (the spec's normal(std = 1)) into the hand-written model
     with torch.no_grad():
         for name, p in hand.net.named_parameters():
-            p.copy_(compiled.model.get_parameter(name))
-        for name, p in compiled.model.named_parameters():
+            p.copy_(compiled.model.get_parameter(name) / fold(compiled, name))
             assert abs(float(p.std()) - 1) < 0.15, name  # N(0, 1)
     plan = compiled.plan
     assert [b.k for b in plan.residual_blocks] == [1] * depth
@@ -171,9 +182,7 @@ def test_seed002_eq1_equals_hand_written(tmp_path, opt):
     else:  # App. K Table 1 (width part): hidden η0 N^-1/2, input and readout η0
         hand_groups = [dict(params=[b.lin.weight for b in hand.net.blocks], lr=eta0 / math.sqrt(width), eps=1e-8),
                        dict(params=[hand.net.input.weight, hand.net.readout.weight], lr=eta0, eps=1e-8)]
-    groups = compiled.param_groups()
-    for g in groups:
-        g["eps"] = 1e-8
+    groups = groups_with_eps(compiled, 1e-8) if opt == "adam" else compiled.param_groups()
     a = train(compiled.model, groups, opt)
     b = train(hand, hand_groups, opt)
     for s, (u, v) in enumerate(zip(a, b)):
@@ -218,11 +227,11 @@ def test_depth_mup_k1_equals_hand_written(opt):
                              optimizer=opt, overrides={"eta0": eta0}, seed=11)
     hand = HandDepthMuP(96, 32, 8, 2, seed=11)
     for name, p in hand.net.named_parameters():
-        assert torch.allclose(p, compiled.model.get_parameter(name), rtol=1e-14, atol=0), name
-    groups = compiled.param_groups()
+        assert torch.allclose(p * fold(compiled, name), compiled.model.get_parameter(name), rtol=1e-14, atol=0), name
+    groups = groups_with_eps(compiled, 1e-12) if opt == "adam" else compiled.param_groups()
     hand_groups = hand.groups(opt, eta0)
     if opt == "adam":
-        for g in groups + hand_groups:
+        for g in hand_groups:
             g["eps"] = 1e-12
     a = train(compiled.model, groups, opt)
     b = train(hand, hand_groups, opt)

@@ -61,10 +61,46 @@ def test_mnist1d_data_and_result_contents(tmp_path):
     assert (tmp_path / "coord.png").stat().st_size > 10_000
 
 
-def test_a_module_called_twice_is_two_entries():
+def test_entries_are_the_users_modules():
+    """mup-style: the output of each module running a weight op, of each module returning a residual sum, and the
+    model's output; the tied table is tapped at both of its modules (lookup and readout)."""
     result = coordcheck("mup", "mupdsl.models.gpt", widths=(32, 64), seeds=1, steps=1, batch_size=4)
     keys = {r["key"] for r in result.records}
-    assert {"tok@1", "tok@2"} <= keys   # the tied embedding: lookup and readout
+    assert {"tok", "pos", "head", "blocks.0.attn.q", "blocks.0.fc", "blocks.0 (residual sum)", "output"} <= keys
+
+
+def test_a_module_called_twice_is_two_entries(tmp_path):
+    path = tmp_path / "twice.py"
+    path.write_text(TWICE)
+    result = coordcheck("mup", str(path), widths=(32, 64), seeds=1, steps=1, batch_size=4)
+    keys = {r["key"] for r in result.records}
+    assert {"shared@1", "shared@2"} <= keys and "shared" not in keys
+
+
+TWICE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.shared = nn.Linear(width, width)
+        self.out = nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.shared(torch.relu(self.shared(torch.relu(self.inp(x)))))))
+
+
+def build(width):
+    return Net(width)
+
+
+def example_batch(n):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+"""
 
 
 def test_judge_rules():

@@ -297,14 +297,24 @@ def test_cli_against_dense_hessian_of_saved_state(tmp_path, spec, opt):
     op, flat, f, H = dense(model, batch)
     exact = torch.linalg.eigvalsh(H).flip(0)[:3]
     assert torch.allclose(torch.tensor(doc["unpreconditioned"]["eigenvalues"], dtype=torch.float64), exact, rtol=1e-3)
-    if opt == "sgd":  # S² = lr_p / eta0 from the saved plan
+    if opt == "sgd":  # S² = lr_p / eta0 from the saved plan, with the learning rates the stored weights train with
         plan = json.loads((tmp_path / "state.pt.plan.json").read_text())
-        lr = {t["name"]: t["lr"] for t in plan["tensors"]}
+        lr = {t["name"]: t["carried"]["lr"] for t in plan["tensors"]}
         d = torch.cat([torch.full((model.get_parameter(n).numel(),), lr[n] / float(eta0)) for n in op.names])
         S = d.sqrt()
         pre = torch.linalg.eigvalsh(S[:, None] * H * S[None, :]).flip(0)[:3]
         assert torch.allclose(torch.tensor(doc["eigenvalues"], dtype=torch.float64), pre, rtol=1e-3)
         assert doc["eos_threshold"] == pytest.approx(2 / float(eta0))
+        # the same in the spec's own weights w = W / fold (H_w = F H_W F) with the spec's learning rates: the
+        # preconditioned Hessian does not depend on where a multiplier is carried (TP5 Lemma J.1)
+        fold = torch.cat([torch.full((model.get_parameter(n).numel(),), t["carried"]["fold"], dtype=torch.float64)
+                          for n in op.names for t in plan["tensors"] if t["name"] == n])
+        spec_lr = {t["name"]: t["lr"] for t in plan["tensors"]}
+        S_w = torch.cat([torch.full((model.get_parameter(n).numel(),), spec_lr[n] / float(eta0)) for n in op.names]).sqrt()
+        H_w = fold[:, None] * H * fold[None, :]
+        spec_pre = torch.linalg.eigvalsh(S_w[:, None] * H_w * S_w[None, :]).flip(0)[:3]
+        assert torch.allclose(spec_pre, pre, rtol=1e-9)
+        assert (fold != 1).any() == (spec == "mup")   # the readout's 1/m is folded in µP
 
 
 def test_batched_lanczos_equals_one_at_a_time():

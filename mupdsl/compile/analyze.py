@@ -1,9 +1,11 @@
 """Analysis of a traced model: parameters with their roles and scaling dims, ties, the readout, residual
-blocks with their ``k``, attention sites with ``d_head`` (design.md §3).
+blocks with their ``k``, attention sites with ``d_head`` and the model's own scale, width-dependent constants
+(design.md §3).
 
 Which dims scale is read by comparing the model's parameter shapes at the base width with those at a second
 "probe" width, both built on the ``meta`` device (free even for huge shapes); so roles do not depend on
-whether the model is compiled at its base width.
+whether the model is compiled at its base width. Fans are read from the op that consumes each parameter, seen
+through casts and transposes (``x @ self.tok.weight.T`` is a readout use of the table).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import torch
 from torch import fx, nn
 
 from . import ops
+from .attention import Site, find_sites, softmax_count
+from .blocks import Block, find_blocks
 from .errors import CompileError
+from .graph import KNOWN_LEAVES, is_opaque_function, module_of, param_uses, record_values, scalar_factor, shape
 
 _DIGITS = re.compile(r"\.\d+(?=\.|$)")
 
@@ -27,6 +32,7 @@ class Use:
     node: str
     slot: str            # ops.WeightSlot.kind, "module" for a leaf module, "generic" otherwise
     role: str
+    transposed: bool = False
 
 
 @dataclass
@@ -44,23 +50,28 @@ class TensorInfo:
     uses: list[Use] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
     module_level: str | None = None   # the leaf module whose call uses it, when not visible in the graph
-
-
-@dataclass
-class Block:
-    node: str            # the add
-    skip: str
-    branch: str
-    params: list[str]
-    k: int
+    guessed: bool = False             # role read from the shape alone (an opaque use)
+    unused: bool = False              # forward never reads it
 
 
 @dataclass
 class AttentionSite:
-    node: str            # the sdpa call, or the op that scales the logits (or the matmul when unscaled)
-    kind: str            # "sdpa" | "matmul"
+    node: str            # the sdpa call or the logits product
+    kind: str            # "sdpa" | "matmul" | "einsum" | "baddbmm"
     d_head: int
     base_d_head: int
+    own_scale: float
+    base_own_scale: float
+    factors: list[str]
+    site: Site = field(repr=False, compare=False)
+
+
+@dataclass
+class WidthConstant:
+    node: str
+    module: str
+    value: float
+    base_value: float
 
 
 @dataclass
@@ -71,7 +82,11 @@ class Analysis:
     readouts: list[str]
     leaves: list[str]
     input_dim: int
+    softmaxes: int = 0
+    width_constants: list[WidthConstant] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)   # leaf modules / functions that hide width-scaling weights
     notes: list[str] = field(default_factory=list)
+    param_nodes: dict[fx.Node, str] = field(default_factory=dict, repr=False)
 
 
 def _normalized(name: str) -> str:
@@ -85,23 +100,22 @@ class _Shapes:
     def __init__(self, model: nn.Module) -> None:
         self.exact = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
         self.pattern: dict[str, tuple[int, ...]] = {}
-        for n, shape in self.exact.items():
-            self.pattern.setdefault(_normalized(n), shape)
+        for n, s in self.exact.items():
+            self.pattern.setdefault(_normalized(n), s)
 
     def get(self, name: str) -> tuple[int, ...] | None:
         return self.exact.get(name) or self.pattern.get(_normalized(name))
 
 
-def _param_of(gm: fx.GraphModule, target: str) -> torch.Tensor | None:
-    try:
-        value = gm.get_parameter(target)
-    except AttributeError:
-        return None
-    return value
-
-
 def _role_from_fans(in_scales: bool, out_scales: bool) -> str:
     return {(False, True): "input", (True, True): "hidden", (True, False): "output"}.get((in_scales, out_scales), "scalar")
+
+
+def _real_consumer(node: fx.Node) -> fx.Node:
+    """Through single-user reshapes and casts to the op that uses a value (a layer scale ``g.view(1, -1, 1, 1)``)."""
+    while ops.is_one_of(node, ops.SHAPE_ONLY) and len(node.users) == 1:
+        node = next(iter(node.users))
+    return node
 
 
 def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[str],
@@ -109,31 +123,36 @@ def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[
             base_graph: Callable[[], fx.GraphModule | None] | None = None) -> Analysis:
     """Analyse ``gm`` (the traced model) against meta-device ``base`` and ``probe`` builds."""
     base_shapes, probe_shapes = _Shapes(base), _Shapes(probe)
+    if example_inputs is not None:
+        record_values(gm, example_inputs)
     canonical: dict[int, str] = {}
     aliases: dict[int, list[str]] = {}
     for name, p in gm.named_parameters(remove_duplicate=False):
         canonical.setdefault(id(p), name)
         aliases.setdefault(id(p), []).append(name)
 
-    order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    tensors: dict[str, TensorInfo] = {}
-    matrix_ops: set[fx.Node] = set()
     param_nodes: dict[fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = _get(gm, node.target)
+            if isinstance(value, nn.Parameter):
+                param_nodes[node] = canonical[id(value)]
 
     def reference(name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         b, p = base_shapes.get(name), probe_shapes.get(name)
         if b is None or p is None:
             raise CompileError(f"parameter {name!r} has no counterpart in the model built at the base width",
-                               hint="build(width, depth) must create the same parameters at every width")
+                               hint="the model must have the same parameters at every width")
         return b, p
 
-    def classify(name: str, shape: tuple[int, ...], slot: ops.WeightSlot | None, user: fx.Node | None):
+    def classify(name: str, value_shape: tuple[int, ...], slot: ops.WeightSlot | None, user: fx.Node | None):
         b, p = reference(name)
         scaling = [i for i, (x, y) in enumerate(zip(b, p)) if x != y]
         if slot is not None:
-            fan_in, fan_out = slot.fans(shape)
-            bfi, bfo = slot.fans(b)
-            pfi, pfo = slot.fans(p)
+            groups = ops.groups_of(user) if user is not None else 1
+            fan_in, fan_out = slot.fans(value_shape, groups)
+            bfi, bfo = slot.fans(b, groups)
+            pfi, pfo = slot.fans(p, groups)
             if slot.kind in ("bias", "norm"):
                 role = slot.kind
             elif slot.kind == "embedding":
@@ -141,40 +160,49 @@ def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[
             else:
                 role = _role_from_fans(pfi != bfi, pfo != bfo)
             return role, scaling, (fan_in, fan_out, bfi, bfo)
-        fans = (1, math.prod(shape), 1, math.prod(b))
+        fans = (1, math.prod(value_shape), 1, math.prod(b))
         if not scaling:
             role = "scalar"
         elif len(scaling) >= 2:
             role = "hidden"
-            fans = (shape[1], shape[0], b[1], b[0]) if len(shape) >= 2 else fans
-        elif len(shape) >= 2:
-            role = "embedding"  # a table added to the stream: positional embeddings, class tokens
+            fans = (value_shape[1], value_shape[0], b[1], b[0]) if len(value_shape) >= 2 else fans
         else:
-            is_mul = user is not None and ops.is_one_of(user, ops.MULS)
-            role = "norm" if is_mul else "bias"
+            consumer = _real_consumer(user) if user is not None else None
+            is_mul = consumer is not None and (ops.is_one_of(consumer, ops.MULS) or ops.is_one_of(consumer, ops.DIVS))
+            if is_mul:
+                role = "norm"        # a gain: a layer scale (d, 1, 1), an RMSNorm weight
+            elif len(value_shape) >= 2:
+                role = "embedding"   # a table added to the stream: positional embeddings, class tokens
+            else:
+                role = "bias"
         return role, scaling, fans
 
-    for node in gm.graph.nodes:
-        if node.op != "get_attr":
-            continue
-        value = _param_of(gm, node.target)
-        if not isinstance(value, nn.Parameter):
-            continue
-        name = canonical[id(value)]
-        param_nodes[node] = name
-        shape = tuple(value.shape)
-        users = sorted(node.users, key=order.__getitem__)
-        for user in users or [None]:
-            slot = ops.slot_of(user, node) if user is not None else None
-            role, scaling, fans = classify(name, shape, slot, user)
-            if slot is not None and slot.matrix_like and role in ("input", "hidden", "output", "embedding"):
+    tensors: dict[str, TensorInfo] = {}
+    matrix_ops: set[fx.Node] = set()
+    opaque: list[str] = []
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    uses = param_uses(gm.graph, param_nodes)
+    for name in dict.fromkeys(param_nodes.values()):
+        value = gm.get_parameter(name)
+        value_shape = tuple(value.shape)
+        for user, arg, view in sorted(uses.get(name, []), key=lambda u: order[u[0]]) or [(None, None, None)]:
+            slot = ops.slot_of(user, arg, view.transposed) if user is not None and user.op != "call_module" else None
+            role, scaling, fans = classify(name, value_shape, slot, user)
+            opaque_use = slot is None and user is not None and value.ndim >= 2 and is_opaque_function(user)
+            if (slot is not None and slot.matrix_like) or opaque_use:
                 matrix_ops.add(user)
+            if opaque_use:
+                where = module_of(user) or user.name
+                opaque.append(f"{_callable_name(user)} in {where!r} (uses {name})")
             if name not in tensors:
-                tensors[name] = TensorInfo(name, shape, role, scaling, *fans,
-                                           aliases=[a for a in aliases[id(value)] if a != name])
+                tensors[name] = TensorInfo(name, value_shape, role, scaling, *fans, guessed=opaque_use,
+                                           aliases=[a for a in aliases[id(value)] if a != name],
+                                           unused=user is None)
             if user is not None:
-                tensors[name].uses.append(Use(user.name, slot.kind if slot else "generic", role))
+                tensors[name].uses.append(Use(user.name, slot.kind if slot else "generic", role,
+                                              view.transposed if view else False))
 
+    module_params: dict[str, list[str]] = {}
     for node in gm.graph.nodes:  # parameters used inside leaf modules, at module level
         if node.op != "call_module":
             continue
@@ -182,9 +210,11 @@ def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[
         own = list(module.named_parameters())
         if not own:
             continue
+        known = isinstance(module, KNOWN_LEAVES)
         is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
         for local, value in own:
             name = canonical[id(value)]
+            module_params.setdefault(node.target, []).append(name)
             if name in tensors:
                 tensors[name].uses.append(Use(node.name, "module", tensors[name].role))
                 continue
@@ -198,16 +228,47 @@ def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[
                 role = _role_from_fans(in_scales, not in_scales)
                 fans = (fan_in, fan_out, b[1] * math.prod(b[2:]), b[0])
             tensors[name] = TensorInfo(name, tuple(value.shape), role, scaling, *fans, module_level=node.target,
-                                       aliases=[a for a in aliases[id(value)] if a != name])
+                                       aliases=[a for a in aliases[id(value)] if a != name], guessed=not known)
             tensors[name].uses.append(Use(node.name, "module", role))
-            if value.ndim >= 2 and scaling:
+            if value.ndim >= 2:
                 matrix_ops.add(node)
+        if not known and any(tensors[canonical[id(v)]].scaling_dims for _, v in own):
+            opaque.append(f"leaf module {node.target!r} ({type(module).__name__})")
+
+    for name, value in gm.named_parameters():  # parameters forward never reads
+        if name not in tensors:
+            role, scaling, fans = classify(name, tuple(value.shape), None, None)
+            tensors[name] = TensorInfo(name, tuple(value.shape), role, scaling, *fans, unused=True,
+                                       aliases=[a for a in aliases[id(value)] if a != name])
 
     readouts = _readouts(gm, matrix_ops)
-    blocks = _blocks(gm, matrix_ops, param_nodes, tensors, order)
-    attention = _attention(gm, example_inputs, base_graph, base_inputs)
+    blocks = find_blocks(gm, matrix_ops, param_nodes, module_params)
+    for block in blocks:
+        for branch in block.branches:
+            for name in branch.params:
+                info = tensors.get(name)
+                if info is None:
+                    continue
+                info.k = max(info.k, branch.k) if info.residual else branch.k
+                info.residual = True
+    attention, width_constants, notes = _attention_and_constants(gm, set(param_nodes), example_inputs,
+                                                                 base_graph, base_inputs)
     input_dim = next((t.fan_in for t in tensors.values() if t.role == "input"), 1)
-    return Analysis(tensors, blocks, attention, [n.name for n in readouts], leaves, input_dim)
+    return Analysis(tensors, blocks, attention, [n.name for n in readouts], leaves, input_dim,
+                    softmax_count(gm.graph), width_constants, opaque, notes, param_nodes)
+
+
+def _get(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _callable_name(node: fx.Node) -> str:
+    return getattr(node.target, "__qualname__", getattr(node.target, "__name__", str(node.target)))
 
 
 def _readouts(gm: fx.GraphModule, matrix_ops: set[fx.Node]) -> list[fx.Node]:
@@ -227,153 +288,58 @@ def _readouts(gm: fx.GraphModule, matrix_ops: set[fx.Node]) -> list[fx.Node]:
     return sorted(found, key=order.__getitem__)
 
 
-def _strip_shape_ops(node: fx.Node) -> fx.Node:
-    """Follow a skip operand back through shape-only ops and multiplications by a constant."""
-    while isinstance(node, fx.Node) and node.op in ("call_function", "call_method"):
-        if ops.is_one_of(node, ops.SHAPE_ONLY) and node.args and isinstance(node.args[0], fx.Node):
-            node = node.args[0]
-        elif (ops.is_one_of(node, ops.MULS) or ops.is_one_of(node, ops.DIVS)) and len(node.args) == 2 and \
-                isinstance(node.args[0], fx.Node) and isinstance(node.args[1], (int, float)):
-            node = node.args[0]
-        elif ops.is_one_of(node, ops.MULS) and len(node.args) == 2 and isinstance(node.args[1], fx.Node) and \
-                isinstance(node.args[0], (int, float)):
-            node = node.args[1]
-        else:
-            break
-    return node
-
-
-def _blocks(gm: fx.GraphModule, matrix_ops: set[fx.Node], param_nodes: dict[fx.Node, str],
-            tensors: dict[str, TensorInfo], order: dict[fx.Node, int]) -> list[Block]:
-    """Residual adds: ``skip + branch`` where the skip (shape-only ops aside) is an ancestor of the branch and
-    the path between them holds a matrix-like weight op; ``k`` is the longest chain of such ops on it."""
-    nodes = list(gm.graph.nodes)
-    ancestors: dict[fx.Node, int] = {}
-    for node in nodes:
-        mask = 0
-        for arg in node.all_input_nodes:
-            mask |= ancestors[arg] | (1 << order[arg])
-        ancestors[node] = mask
-    blocks = []
-    for node in nodes:
-        if not ops.is_one_of(node, ops.ADDS) or len(node.args) < 2:
-            continue
-        a, b = node.args[0], node.args[1]
-        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
-            continue
-        for skip_operand, branch in ((a, b), (b, a)):
-            skip = _strip_shape_ops(skip_operand)
-            if not ancestors[branch] >> order[skip] & 1:
-                continue
-            on_path = [n for n in nodes[order[skip]:order[branch] + 1]
-                       if (n is skip or ancestors[n] >> order[skip] & 1)
-                       and (n is branch or ancestors[branch] >> order[n] & 1)]
-            path_set = set(on_path)
-            chain: dict[fx.Node, int] = {}
-            for n in on_path:
-                prev = max((chain[arg] for arg in n.all_input_nodes if arg in path_set and arg in chain), default=0)
-                chain[n] = prev + (1 if n in matrix_ops and n is not skip else 0)
-            k = chain[branch]
-            if k == 0:
-                continue
-            params = []
-            for n in on_path:
-                if n is skip:
-                    continue
-                for arg in n.all_input_nodes:
-                    if arg in param_nodes and param_nodes[arg] not in params:
-                        params.append(param_nodes[arg])
-                if n.op == "call_module":
-                    for _, value in gm.get_submodule(n.target).named_parameters():
-                        name = next((t.name for t in tensors.values() if t.module_level == n.target
-                                     and gm.get_parameter(t.name) is value), None)
-                        if name and name not in params:
-                            params.append(name)
-            for name in params:
-                info = tensors[name]
-                info.k = max(info.k, k) if info.residual else k
-                info.residual = True
-            blocks.append(Block(node.name, skip_operand.name, branch.name, params, k))
-            break
-    return blocks
-
-
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("val", node.meta.get("tensor_meta"))
-    shape = getattr(meta, "shape", None)
-    return tuple(int(s) for s in shape) if shape is not None else None
-
-
-def _attention_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, str, fx.Node]]:
-    """(node to rewrite, kind, query node) for each attention site, in graph order."""
-    sites = []
-    for node in gm.graph.nodes:
-        if ops.is_one_of(node, ops.SDPA):
-            sites.append((node, "sdpa", node.args[0]))
-        elif ops.is_one_of(node, ops.SOFTMAXES) and isinstance(node.args[0], fx.Node):
-            current, scale_node = node.args[0], None
-            while isinstance(current, fx.Node):
-                if ops.is_matmul(current):
-                    q = current.args[0]
-                    sites.append((scale_node or current, "matmul", q))
-                    break
-                if (ops.is_one_of(current, ops.DIVS) or ops.is_one_of(current, ops.MULS)) and \
-                        isinstance(current.args[0], fx.Node) and not (
-                        isinstance(current.args[1], fx.Node) and _shape(current.args[1]) not in (None, ())
-                        and _is_tensor_like(current.args[1])):
-                    scale_node = current
-                    current = current.args[0]
-                elif ops.is_one_of(current, ops.ADDS) or (current.op in ("call_function", "call_method") and
-                                                           str(current.target).startswith("masked_fill")):
-                    current = current.args[0]
-                elif current.op == "call_method" and current.target in ("float", "to", "type_as"):
-                    current = current.args[0]
-                else:
-                    break
-    return sites
-
-
-def _is_tensor_like(node: fx.Node) -> bool:
-    return node.op != "get_attr" and _shape(node) is not None
-
-
-def _attention(gm: fx.GraphModule, example_inputs: tuple | None,
-               base_graph_fn: Callable[[], fx.GraphModule | None] | None,
-               base_inputs: tuple | None) -> list[AttentionSite]:
-    sites = _attention_nodes(gm)
-    if not sites:
-        return []
-    _ensure_shapes(gm, example_inputs)
-    base_graph = base_graph_fn() if base_graph_fn is not None else None
-    base_dims: list[int | None] = []
+def _attention_and_constants(gm: fx.GraphModule, params: set[fx.Node], example_inputs: tuple | None,
+                             base_graph_fn: Callable[[], fx.GraphModule | None] | None,
+                             base_inputs: tuple | None) -> tuple[list[AttentionSite], list[WidthConstant], list[str]]:
+    notes: list[str] = []
+    sites = find_sites(gm.graph, params) if example_inputs is not None else []
+    if example_inputs is None and softmax_count(gm.graph):
+        notes.append("the model has a softmax but no example inputs: attention sites cannot be sized")
+    base_graph = base_graph_fn() if (base_graph_fn is not None and example_inputs is not None) else None
+    base_sites: list[Site] = []
     if base_graph is not None:
         try:
-            _ensure_shapes(base_graph, base_inputs)
-            base_dims = [(_shape(q) or (None,))[-1] for _, _, q in _attention_nodes(base_graph)]
+            record_values(base_graph, base_inputs)
+            base_params = {n for n in base_graph.graph.nodes if n.op == "get_attr"
+                           and isinstance(_get(base_graph, n.target), nn.Parameter)}
+            base_sites = find_sites(base_graph.graph, base_params)
         except Exception as exc:  # noqa: BLE001
             raise CompileError(f"cannot run the base-width model to read its head dimension: {exc}".split("\n")[0],
                                hint="check that the base width is valid for the model (e.g. divisible by the "
                                     "number of heads)") from None
+    if base_graph is not None and len(base_sites) != len(sites):
+        notes.append(f"the base-width model has {len(base_sites)} attention sites, this one {len(sites)}: "
+                     "base head dimensions taken equal to this width's")
+        base_sites = []
     out = []
-    for i, (node, kind, q) in enumerate(sites):
-        shape = _shape(q)
-        if shape is None:
-            raise CompileError(f"cannot size the attention at {node.name!r}: the model has no example_batch",
-                               hint="add example_batch(batch_size) to the model file so d_head can be read")
-        d_head = shape[-1]
-        base = base_dims[i] if i < len(base_dims) and base_dims[i] else d_head
-        out.append(AttentionSite(node.name, kind, d_head, base))
+    for i, site in enumerate(sites):
+        if site.d_head is None:
+            raise CompileError(f"cannot size the attention at {site.node.name!r} in {module_of(site.node)!r}",
+                               hint="give example inputs (example_batch in the model file) so d_head can be read")
+        base = base_sites[i] if base_sites else site
+        out.append(AttentionSite(site.node.name, site.kind, site.d_head, base.d_head or site.d_head, site.own_scale,
+                                 base.own_scale, site.factors, site))
+    constants = _width_constants(gm, base_graph, {f for s in sites for f in s.factors}) if base_graph else []
+    return out, constants, notes
+
+
+def _width_constants(gm: fx.GraphModule, base: fx.GraphModule, attention: set[str]) -> list[WidthConstant]:
+    """Constant scalings whose value differs between this width and the base width (``d_model ** -0.5`` in a
+    forward), aligned by their order in the two graphs; the attention scales are accounted for elsewhere."""
+    mine = [(n, scalar_factor(n)) for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+    theirs = [(n, scalar_factor(n)) for n in base.graph.nodes if n.op in ("call_function", "call_method")]
+    mine = [(n, f[1]) for n, f in mine if f is not None]
+    theirs = [(n, f[1]) for n, f in theirs if f is not None]
+    if len(mine) != len(theirs):
+        return []
+    out = []
+    for (node, value), (_, base_value) in zip(mine, theirs):
+        if node.name in attention or math.isclose(value, base_value, rel_tol=1e-9):
+            continue
+        if shape(node) is None or not node.meta.get("mupdsl_shape"):
+            continue  # arithmetic on sizes, not on activations
+        out.append(WidthConstant(node.name, module_of(node), value, base_value))
     return out
 
 
-def _ensure_shapes(gm: fx.GraphModule, inputs: tuple | None) -> None:
-    if all(_shape(n) is not None for n in gm.graph.nodes if n.op == "placeholder") or inputs is None:
-        return
-    from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC0415
-    from torch.fx.passes.shape_prop import ShapeProp  # noqa: PLC0415
-
-    with torch.no_grad():
-        try:  # shapes without arithmetic: fake tensors cost nothing even at GPT-2 sizes
-            ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
-        except Exception:  # noqa: BLE001 - an op without a fake kernel: run it for real
-            ShapeProp(gm).propagate(*inputs)
+__all__ = ["Analysis", "AttentionSite", "Block", "TensorInfo", "Use", "WidthConstant", "analyze", "torch"]

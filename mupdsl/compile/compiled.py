@@ -1,11 +1,19 @@
-"""``compile_model``: a spec onto a model factory, giving a :class:`CompiledModel` (design.md §7)."""
+"""``apply`` and ``compile_model``: a spec onto the user's own module, giving a :class:`CompiledModel`
+(design.md §3, §7).
+
+The model is changed in place and stays the user's: same class, submodules, ``state_dict`` keys, train/eval
+behaviour and hooks. The traced graph is the analysis (roles, fans, ties, blocks, attention, readouts) and the
+*reference*: the same graph with every multiplier of the plan written out. What the user trains is their module
+with the multipliers folded into its weights' init and optimizer settings, plus a forward hook where a multiplier
+cannot be folded (:mod:`~mupdsl.compile.carry`). Before anything is changed, the two are run on the example batch
+and must agree; a ratio-form spec must be the user's model at the base width (:mod:`~mupdsl.compile.checks`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass, field, replace as dc_replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -13,80 +21,112 @@ from torch import fx, nn
 from torch.utils._pytree import tree_map
 
 from ..spec import Spec, SpecError, load_spec
-from .analyze import analyze
+from . import hooks
+from .analyze import Analysis, analyze
+from .carry import carry
+from .checks import base_identity, compare_outputs, lint
 from .errors import CompileError
 from .factory import ModelFactory, load_factory
+from .graph import copy_graph_module
 from .init_record import InitReplay, build_recording_stds
+from .initialize import initialize, optimizer_for, param_groups
 from .plan import Plan, build_plan
-from .rewrite import CENTER_MODULE, apply_plan, center, reinit
-from .trace import trace
+from .rewrite import reference_graph
+from .trace import Traced, trace
 
-OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+VERIFY_TOLERANCE = 2e-4
+"""Largest difference allowed between the compiled model's outputs and the reference graph's, relative to the
+largest output (float32 rounding of folded weights is ~1e-6; a misplaced multiplier is ≥ 1e-2)."""
 
 
 @dataclass
 class CompiledModel:
-    """The rewritten model (an ``fx.GraphModule`` with the user's parameter names), its plan, its optimizer."""
+    """The user's model with a plan applied, the plan, and the optimizer that goes with it."""
 
-    model: fx.GraphModule
+    model: nn.Module
     plan: Plan
+    handles: list = field(default_factory=list, repr=False)
+    traced: Traced | None = field(default=None, repr=False)
     init_replay: InitReplay | None = field(default=None, repr=False, compare=False)
     """How the build drew the weights (at the plan's width), to redraw them in place for another seed."""
+    factory: ModelFactory | None = field(default=None, repr=False)
+    example_inputs: tuple | None = field(default=None, repr=False)
+    _graph: fx.GraphModule | None = field(default=None, repr=False)
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: tensors with equal (lr, wd, eps) share a group; ``names`` lists them."""
-        groups: dict[tuple, dict[str, Any]] = {}
-        for t in self.plan.tensors:
-            key = (t.lr, t.wd, t.eps)
-            if key not in groups:
-                group: dict[str, Any] = {"params": [], "names": [], "lr": t.lr, "weight_decay": t.wd or 0.0}
-                if self.plan.optimizer != "sgd" and t.eps is not None:
-                    group["eps"] = t.eps
-                groups[key] = group
-            groups[key]["params"].append(self.model.get_parameter(t.name))
-            groups[key]["names"].append(t.name)
-        return list(groups.values())
+    def __getstate__(self):
+        # hook handles hold weak references, and the analysis graph (torch.export's) may not pickle: the model
+        # carries its hooks itself, the plan says everything else
+        state = dict(self.__dict__)
+        state.update(handles=[], traced=None, _graph=None)
+        return state
 
-    def optimizer(self, **kwargs) -> torch.optim.Optimizer:
-        """The plan's optimizer over :meth:`param_groups`; ``kwargs`` (momentum, betas, …) go to its constructor."""
-        groups = self.param_groups()
-        cls = OPTIMIZER_CLASSES[self.plan.optimizer]
-        return cls(groups, lr=groups[0]["lr"] if groups else 1e-3, **kwargs)
+    @property
+    def graph(self) -> fx.GraphModule:
+        """The reference graph: the traced model with every multiplier of the plan written out (for reading,
+        ``mupdsl compile --emit-code``; the model itself carries them folded)."""
+        if self._graph is None:
+            if self.traced is None:
+                raise CompileError("this compiled model has no traced graph (loaded without one)")
+            self._graph = reference_graph(copy_graph_module(self.traced.graph_module), self.plan)
+        return self._graph
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups with the plan's carried lr, weight decay and ε (``names`` lists them)."""
+        return param_groups(self.model, self.plan)
+
+    def optimizer(self, cls: type | None = None, **kwargs) -> torch.optim.Optimizer:
+        """The plan's optimizer (or any ``torch.optim`` class ``cls`` of its family) over :meth:`param_groups`;
+        ``kwargs`` (momentum, betas, …) go to its constructor."""
+        return optimizer_for(self.model, self.plan, cls, **kwargs)
+
+    def settings(self) -> dict[str, tuple[float, float, float | None]]:
+        """Per tensor: the (lr, weight decay, ε) its optimizer uses — the plan's, carried."""
+        return {t.name: (t.carried.lr, t.carried.wd or 0.0, t.carried.eps) for t in self.plan.tensors}
 
     def reinitialize(self, seed: int, factory: ModelFactory | None = None) -> "CompiledModel":
         """Re-draw the weights as ``compile_model(..., seed=seed)`` would, without tracing again: the build's own
-        init calls replayed in place where they can be (:class:`~mupdsl.compile.init_record.InitReplay`), else
-        the model built again and its weights copied."""
+        init calls replayed in place where they can be, else the model built again and its weights copied."""
         net = self.plan.network
-        torch.manual_seed(seed)
-        if self.init_replay is not None:
-            self.init_replay(self.model)
-        else:
-            factory = factory or load_factory(self.plan.model)
-            fresh = factory.build(net.width, net.depth if factory.takes_depth else None)
-            with torch.no_grad():
-                for name, p in fresh.named_parameters():
-                    self.model.get_parameter(name).copy_(p)
-        first = next(iter(self.model.parameters()), None)
-        generator = torch.Generator(device=first.device if first is not None else "cpu").manual_seed(seed)
-        reinit(self.model, self.plan, generator)
-        if net.center:
-            frozen = self.model.get_submodule(CENTER_MODULE)
-            with torch.no_grad():
-                for key, buffer in frozen.named_buffers():
-                    buffer.copy_(self.model.get_parameter(key.replace("__", ".")))
+        factory = factory or self.factory
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            if self.init_replay is not None:
+                self.init_replay(self.model)
+            elif factory is not None:
+                fresh = factory.build(net.width, net.depth if factory.takes_depth else None)
+                with torch.no_grad():
+                    for name, p in fresh.named_parameters():
+                        self.model.get_parameter(name).copy_(p)
+        finally:
+            torch.random.set_rng_state(state)
+        initialize(self.model, self.plan, seed)
+        self._reset_center()
         return self
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``model.pt`` (the state_dict) and ``plan.json`` beside it."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), directory / "model.pt")
-        (directory / "plan.json").write_text(json.dumps(self.plan.model_dump(), indent=1))
-        return directory
+    def _reset_center(self) -> None:
+        for hook in hooks.center_hooks(self.model):
+            hook.initial = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+
+    def verify(self, inputs: tuple | None = None) -> float:
+        """Run the model and the reference graph on ``inputs`` (default: the example batch) and return their
+        largest relative difference; raises when it exceeds the tolerance."""
+        inputs = inputs if inputs is not None else self.example_inputs
+        if inputs is None:
+            raise CompileError("no inputs to verify the compiled model on", hint="pass example inputs")
+        params = dict(self.model.named_parameters())
+        return _verify(self.model, self.graph, self.plan, params, inputs)
+
+    def save(self, directory) -> Any:
+        """Write ``model.pt`` (the state_dict, loaded with ``weights_only=True``) and ``plan.json`` beside it
+        (:mod:`mupdsl.compile.checkpoint`)."""
+        from .checkpoint import save  # noqa: PLC0415 - checkpoint imports this module
+
+        return save(self, directory)
 
 
 def _inputs(batch) -> tuple | None:
@@ -114,6 +154,283 @@ def _keep_std(model: nn.Module, name: str) -> float | None:
     return None
 
 
+def _refuse(model: nn.Module) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise CompileError(f"{type(model).__name__} is a TorchScript module, which cannot be changed in place",
+                           hint="apply the spec to the Python module, then script it")
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        raise CompileError("the model is a torch.compile wrapper; hooks added now would be ignored by dynamo",
+                           hint="apply the spec to the module first (model._orig_mod), then torch.compile it")
+
+
+def _tensor_inputs_to(inputs: tuple | None, device) -> tuple | None:
+    if inputs is None:
+        return None
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, inputs)
+
+
+def _verify(model: nn.Module, graph: fx.GraphModule, plan: Plan, params: Mapping[str, torch.Tensor],
+            inputs: tuple) -> float:
+    """The model run with ``params`` (its hooks on) against the reference graph run with the unfolded weights."""
+    folds = {t.name: t.carried.fold for t in plan.tensors if t.carried is not None}
+    spec_params = {name: (p / folds[name] if folds.get(name, 1.0) != 1.0 else p) for name, p in params.items()
+                   if name in folds}
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            product = torch.func.functional_call(model, dict(params), inputs, strict=False)
+            with hooks.suspended(model):
+                reference = torch.func.functional_call(graph, spec_params, tuple(inputs), strict=False)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    worst, where = compare_outputs(reference, product)
+    if worst > VERIFY_TOLERANCE:
+        raise CompileError(
+            f"the plan could not be carried exactly: the compiled model's {where} differs from the reference graph's "
+            f"by {worst:.3g} (relative); runtime multipliers: "
+            + ("; ".join(f"{m.kind} × {m.factor:.4g} on {m.module or 'the model'!r} ({m.reason})" for m in plan.runtime)
+               or "none"),
+            hint="report the model; the plan (mupdsl compile --json) names where each multiplier went")
+    return worst
+
+
+def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Module, inputs: tuple | None,
+                  base_inputs: tuple | None, width: int, base_width: int, depth: int, base_depth: int,
+                  optimizer: str, seed: int, keep_stds: dict, base_stds: dict, model_name: str, init: bool = True,
+                  redraw_defaults: bool = False, verify: bool = True, notes: list[str] | None = None,
+                  base_builder: Callable[[], nn.Module] | None = None) -> CompiledModel:
+    """The shared core of :func:`apply` and :func:`compile_model`: analyse, plan, check, carry, initialise."""
+    _refuse(model)
+    removed = hooks.remove(model)
+    traced = trace(model, inputs)
+
+    def base_graph():  # the base model's graph: its head dimensions, own attention scales, constants
+        try:
+            return trace(base, base_inputs).graph_module
+        except CompileError:
+            return None
+
+    try:
+        analysis = analyze(traced.graph_module, base, probe, traced.leaves, inputs, base_inputs,
+                           base_graph if inputs is not None else None)
+    except CompileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - never a traceback for a model we cannot analyse
+        raise CompileError(f"analysing the traced model failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                           hint="report the model; meanwhile mark the failing submodule as a leaf") from None
+    analysis.notes[:0] = traced.notes + list(notes or [])
+    if removed:
+        analysis.notes.append(f"{removed} mupdsl hook(s) of an earlier plan removed")
+    if base_width == width and spec.name != "sp":
+        analysis.notes.append(f"base width = width = {width}: ratio rules (µP presets) reduce to SP here")
+
+    def plan_at(w: int, bw: int, d: int, bd: int, stds: dict, analysis_: Analysis) -> Plan:
+        return build_plan(spec, analysis_, optimizer, model=model_name, frontend=traced.frontend, seed=seed,
+                          width=w, base_width=bw, depth=d, base_depth=bd, keep_stds=stds, base_stds=base_stds)
+
+    plan = plan_at(width, base_width, depth, base_depth, keep_stds, analysis)
+    findings = lint(plan, analysis, spec)
+    outcome, problems = base_identity(plan, spec, lambda: plan_at(base_width, base_width, base_depth, base_depth,
+                                                                   base_stds, _at_base(analysis)))
+    if problems:
+        raise CompileError(f"{spec.name} at the base width and depth is not the user's model (TP5 Eq. 4): "
+                           + "; ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else ""),
+                           hint="a ratio-form spec must reduce to the model's own init, one learning rate and no "
+                                "multiplier at the base size; check the rules named")
+    plan = carry(plan, analysis, traced.graph_module, model)
+    plan = plan.model_copy(update={"warnings": plan.warnings + findings.warnings,
+                                   "checks": {"base_identity": outcome}})
+    meta = any(p.device.type == "meta" for p in model.parameters())
+    compiled = CompiledModel(model, plan, traced=traced, example_inputs=inputs)
+    folds = {t.name: t.carried.fold for t in plan.tensors}
+    initial = {name: p * folds.get(name, 1.0) for name, p in model.named_parameters()} if plan.network.center else None
+    handles = hooks.install(model, plan.runtime, initial)
+    compiled.handles = handles
+    try:
+        if verify and inputs is not None and not meta:
+            # a centered model is 0 at θ₀: it is checked a little away from it
+            moved = 1.05 if plan.network.center else 1.0
+            trial = {name: (p * folds.get(name, 1.0) * moved) for name, p in model.named_parameters()}
+            worst = _verify(model, compiled.graph, plan, trial, inputs)
+            plan.checks["carried"] = f"verified on the example batch (largest relative difference {worst:.2g})"
+        else:
+            plan.checks["carried"] = "not verified (" + ("a meta model" if meta else "no example inputs" if inputs
+                                                         is None else "verify=False") + ")"
+    except BaseException:
+        hooks.remove(model)
+        raise
+    if init and not meta:
+        plan.warnings.extend(initialize(model, plan, seed, redraw_defaults=redraw_defaults))
+        compiled._reset_center()
+    return compiled
+
+
+def _at_base(analysis: Analysis) -> Analysis:
+    """The analysis as seen at the base size: each tensor's fans and each head's dimension at the base."""
+    tensors = {name: dc_replace(t, fan_in=t.base_fan_in, fan_out=t.base_fan_out) for name, t in analysis.tensors.items()}
+    attention = [dc_replace(a, d_head=a.base_d_head, own_scale=a.base_own_scale) for a in analysis.attention]
+    return dc_replace(analysis, tensors=tensors, attention=attention)
+
+
+def _resolve_spec(spec: Spec | str, overrides: Mapping[str, Any] | None) -> Spec:
+    if isinstance(spec, Spec):
+        if overrides:
+            from ..spec import apply_overrides  # noqa: PLC0415
+
+            return apply_overrides(spec, dict(overrides))
+        return spec
+    try:
+        return load_spec(spec, overrides)
+    except SpecError as exc:
+        raise CompileError(exc.render()) from None
+
+
+def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | ModelFactory, *, width: int,
+                  base_width: int | None = None, depth: int | None = None, base_depth: int | None = None,
+                  optimizer: str = "sgd", overrides: Mapping[str, Any] | None = None, seed: int = 0,
+                  device: str | torch.device | None = None, verify: bool = True) -> CompiledModel:
+    """Build the model of a model file (or factory) at ``width`` (and ``depth``) and apply ``spec`` to it.
+
+    ``base_width`` (default: ``width``) and ``base_depth`` (default: ``depth``) name the base model of the
+    ratio rules (``width_mult = width / base_width``). ``seed`` seeds the build and the plan's init; the caller's
+    random state is left as it was. ``device="meta"`` builds a plan without allocating weights.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise CompileError(f"unknown optimizer {optimizer!r}", hint="choose sgd, adam or adamw")
+    spec = _resolve_spec(spec, overrides if not isinstance(spec, Spec) else overrides)
+    factory = model if isinstance(model, ModelFactory) else load_factory(model)
+    depth = depth if depth is not None else factory.default_depth
+    base_width = base_width or width
+    base_depth = base_depth if base_depth is not None else depth
+    if width <= 0 or base_width <= 0:
+        raise CompileError(f"widths must be positive (width {width}, base width {base_width})")
+    meta = device is not None and torch.device(device).type == "meta"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device) if device is not None else _nullcontext():
+            net, own_stds, replay = build_recording_stds(lambda: factory.build(width, depth))
+        batch = _tensor_inputs_to(_inputs(factory.example_batch(2)), device)
+        base, probe = _references(factory, base_width, depth)
+        base_batch = _tensor_inputs_to(batch, "meta")
+        names = [n for n, _ in net.named_parameters()]
+        if meta:
+            keep = {n: _keep_std(net, n) for n in names}
+            base_stds = {n: _keep_std(base, n) for n in names}
+        else:
+            keep = {n: own_stds.get(n) for n in names}
+            base_own = _base_stds(factory, base_width, depth, seed)
+            base_stds = {n: base_own.get(n) for n in names}
+        compiled = apply_plan_to(spec, net, base=base, probe=probe, inputs=batch, base_inputs=base_batch, width=width,
+                                 base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,
+                                 optimizer=optimizer, seed=seed, keep_stds=keep, base_stds=base_stds,
+                                 model_name=str(factory.source), verify=verify)
+    compiled.init_replay = None if meta else replay
+    compiled.factory = factory
+    return compiled
+
+
+def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[..., nn.Module],
+          delta: nn.Module | None = None, example_inputs: tuple | Any | None = None, width: int | None = None,
+          base_width: int | None = None, depth: int | None = None, base_depth: int | None = None,
+          optimizer: str = "adam", overrides: Mapping[str, Any] | None = None, seed: int = 0, init: bool = True,
+          redraw_defaults: bool = False, verify: bool = True) -> CompiledModel:
+    """Apply ``spec`` to ``model`` in place — mup's ``set_base_shapes(model, base)`` habit.
+
+    ``base``: the model at the base width (best built on ``meta``), or a builder ``base(width)`` /
+    ``base(width, depth)`` (then ``width`` and ``base_width`` are required, and the base is built for real at the
+    base width to read its init exactly). When ``model`` is itself at the base width, ``delta`` is a model at
+    another width, as in mup. ``example_inputs`` (a tensor or a tuple of positional inputs) size the attention
+    and let the compile verify itself; without them the plan says it is unverified. ``init=False`` keeps the
+    current weights (to load a checkpoint into them); ``redraw_defaults`` re-runs the modules' own init for
+    ``keep``/``base`` tensors (after ``to_empty()``)."""
+    if optimizer not in OPTIMIZERS:
+        raise CompileError(f"unknown optimizer {optimizer!r}", hint="choose sgd, adam or adamw")
+    if not isinstance(model, nn.Module):
+        raise CompileError(f"apply() needs an nn.Module, got {type(model).__name__}")
+    spec = _resolve_spec(spec, overrides)
+    inputs = _inputs((example_inputs, None)) if example_inputs is not None else None
+    notes: list[str] = []
+    meta_model = any(p.device.type == "meta" for p in model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    if callable(base) and not isinstance(base, nn.Module):
+        if width is None or base_width is None:
+            raise CompileError("apply() with a base builder needs width= and base_width=")
+        builder = load_factory(base)
+        with torch.device("meta"):
+            base_model = builder.build(base_width, depth)
+            probe = builder.build(2 * base_width, depth)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _, base_stds, _ = build_recording_stds(lambda: builder.build(base_width, depth))
+    else:
+        base_model = base
+        if not isinstance(base_model, nn.Module):
+            raise CompileError("base= must be a model at the base width or a builder of one")
+        probe = delta if delta is not None else model
+        if _shapes(probe) == _shapes(base_model):
+            raise CompileError("the model has the base model's shapes: which dims scale with width cannot be told",
+                               hint="pass delta= (the model at another width), or a builder as base=")
+        base_stds = {n: _keep_std(base_model, n) if _has(base_model, n) else None for n in names}
+        if any(p.device.type == "meta" for p in base_model.parameters()):
+            notes.append("init stds at the base width assumed PyTorch's defaults (the base model is on meta); pass a "
+                         "builder as base= to read them exactly")
+    keep = {n: _keep_std(model, n) for n in names}
+    if width is None or base_width is None:
+        width, base_width, why = _infer_width(model, base_model)
+        notes.append(why)
+    if depth is None or base_depth is None:
+        depth, base_depth, why = _infer_depth(model, base_model)
+        if why:
+            notes.append(why)
+    base_inputs = _tensor_inputs_to(inputs, "meta")
+    return apply_plan_to(spec, model, base=base_model, probe=probe, inputs=inputs, base_inputs=base_inputs,
+                         width=width, base_width=base_width, depth=depth, base_depth=base_depth, optimizer=optimizer,
+                         seed=seed, keep_stds=keep, base_stds=base_stds, model_name=type(model).__qualname__,
+                         init=init and not meta_model, redraw_defaults=redraw_defaults, verify=verify, notes=notes)
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def _infer_width(model: nn.Module, base: nn.Module) -> tuple[int, int, str]:
+    pairs: Counter = Counter()
+    base_shapes = _shapes(base)
+    for name, shape in _shapes(model).items():
+        b = base_shapes.get(name)
+        if b is None or len(b) != len(shape):
+            continue
+        pairs.update((x, y) for x, y in zip(shape, b) if x != y)
+    if not pairs:
+        return 1, 1, "no dimension differs from the base model's: width = base width"
+    (width, base_width), _ = pairs.most_common(1)[0]
+    return width, base_width, (f"width {width}, base width {base_width}: the most common scaling dimension "
+                               "(pass width= and base_width= to set them)")
+
+
+def _infer_depth(model: nn.Module, base: nn.Module) -> tuple[int, int, str]:
+    lengths = {name: len(m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0}
+    if not lengths:
+        return 1, 1, ""
+    name = max(lengths, key=lengths.get)
+    try:
+        base_len = len(base.get_submodule(name))
+    except AttributeError:
+        base_len = lengths[name]
+    return lengths[name], base_len, (f"depth {lengths[name]}, base depth {base_len}: the length of {name!r} "
+                                     "(pass depth= and base_depth= to set them)")
+
+
 _BASE_STDS: dict[tuple, dict[str, float | None]] = {}
 _REFERENCES: dict[tuple, tuple[nn.Module, nn.Module]] = {}
 
@@ -135,100 +452,13 @@ def _base_stds(factory: ModelFactory, base_width: int, depth: int | None, seed: 
     """Init stds of the model at the base width; cached, since a sweep compiles many widths on one base."""
     key = (factory.source, id(factory.builder), base_width, depth)
     if key not in _BASE_STDS:
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        _, stds, _ = build_recording_stds(lambda: factory.build(base_width, depth))
-        torch.random.set_rng_state(state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _, stds, _ = build_recording_stds(lambda: factory.build(base_width, depth))
         if len(_BASE_STDS) > 64:
             _BASE_STDS.clear()
         _BASE_STDS[key] = stds
     return _BASE_STDS[key]
-
-
-def compile_model(spec: Spec | str | Path, model: str | Callable[..., nn.Module] | ModelFactory, *, width: int,
-                  base_width: int | None = None, depth: int | None = None, base_depth: int | None = None,
-                  optimizer: str = "sgd", overrides: Mapping[str, Any] | None = None, seed: int = 0,
-                  device: str | torch.device | None = None) -> CompiledModel:
-    """Compile ``spec`` onto the model built by ``model`` at ``width`` (and ``depth``).
-
-    ``base_width`` (default: ``width``) and ``base_depth`` (default: ``depth``) name the base model of the
-    ratio rules (``width_mult = width / base_width``). ``seed`` seeds construction and re-initialisation.
-    ``device="meta"`` builds a plan without allocating weights.
-    """
-    if optimizer not in OPTIMIZER_CLASSES:
-        raise CompileError(f"unknown optimizer {optimizer!r}", hint="choose sgd, adam or adamw")
-    if not isinstance(spec, Spec):
-        try:
-            spec = load_spec(spec, overrides)
-        except SpecError as exc:
-            raise CompileError(exc.render()) from None
-    factory = model if isinstance(model, ModelFactory) else load_factory(model)
-    depth = depth if depth is not None else factory.default_depth
-    base_width = base_width or width
-    base_depth = base_depth if base_depth is not None else depth
-    if width <= 0 or base_width <= 0:
-        raise CompileError(f"widths must be positive (width {width}, base width {base_width})")
-
-    torch.manual_seed(seed)
-    meta = device is not None and torch.device(device).type == "meta"
-    with torch.device(device) if device is not None else _nullcontext():
-        net, own_stds, replay = build_recording_stds(lambda: factory.build(width, depth))
-    batch = _inputs(factory.example_batch(2))
-    if batch is not None and device is not None:
-        batch = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
-    traced = trace(net, batch)
-    base, probe = _references(factory, base_width, depth)
-    base_batch = None if batch is None else tree_map(
-        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch)
-
-    def base_graph():  # traced only when the model has attention, to read the base head dimension
-        try:
-            return trace(base, base_batch).graph_module
-        except CompileError:
-            return None
-
-    try:
-        analysis = analyze(traced.graph_module, base, probe, traced.leaves, batch, base_batch,
-                           base_graph if batch is not None else None)
-    except CompileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - never a traceback for a model we cannot analyse
-        raise CompileError(f"analysing the traced model failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                           hint="report the model; meanwhile mark the failing submodule as a leaf") from None
-    analysis.notes.extend(traced.notes)
-    if base_width == width and spec.name not in ("sp",):
-        analysis.notes.append(f"base width = width = {width}: ratio rules (µP presets) reduce to SP here")
-    if meta:
-        keep = {name: _keep_std(traced.graph_module, name) for name in analysis.tensors}
-        base_stds = {name: _keep_std(base, name) for name in analysis.tensors}
-    else:
-        keep = {name: own_stds.get(name) for name in analysis.tensors}
-        base_own = _base_stds(factory, base_width, depth, seed)
-        base_stds = {name: base_own.get(name) for name in analysis.tensors}
-    plan = build_plan(spec, analysis, optimizer, model=str(factory.source), frontend=traced.frontend, seed=seed,
-                      width=width, base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,
-                      keep_stds=keep, base_stds=base_stds)
-    generator = None
-    if device is None or torch.device(device).type != "meta":
-        first = next(iter(traced.graph_module.parameters()), None)
-        generator = torch.Generator(device=first.device if first is not None else "cpu").manual_seed(seed)
-    reinit(traced.graph_module, plan, generator)
-    gm = apply_plan(traced.graph_module, plan)
-    if plan.network.center:
-        gm = center(gm)
-    return CompiledModel(gm, plan, None if meta else replay)
-
-
-def load_compiled(directory: str | Path, map_location: str | None = "cpu") -> CompiledModel:
-    """Rebuild a compiled model from ``plan.json`` and load ``model.pt`` saved by :meth:`CompiledModel.save`."""
-    directory = Path(directory)
-    plan = Plan.model_validate_json((directory / "plan.json").read_text())
-    compiled = compile_model(plan.spec, plan.model, width=plan.network.width, base_width=plan.network.base_width,
-                             depth=plan.network.depth, base_depth=plan.network.base_depth,
-                             optimizer=plan.optimizer, overrides=plan.hypers, seed=plan.seed)
-    state = torch.load(directory / "model.pt", map_location=map_location)
-    compiled.model.load_state_dict(state)
-    return compiled
 
 
 class _nullcontext:

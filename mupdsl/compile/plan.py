@@ -13,9 +13,28 @@ from pydantic import BaseModel
 
 from ..spec import Spec, SpecError
 from ..spec.expr import Monomial
-from ..spec.resolve import network, resolve_settings, tensor_rule
+from ..spec.resolve import SECTION_RANK, most_specific_rule, network, resolve_settings, rule_matches, tensor_rule
 from .analyze import Analysis, TensorInfo
 from .errors import CompileError
+from .graph import module_of
+
+
+class Carried(BaseModel):
+    """How a tensor's rule is carried on the user's module. The forward multipliers that land on the tensor (its
+    own ``mult``, a residual branch's ``depth^-α``, the readout's ``1/γ``, an attention scale change on a query
+    projection) are folded into the stored weight, ``W = fold · w``, and the abc-symmetry (TP5 Lemma J.1) moves
+    them into its init and optimizer settings so that training is unchanged: init std ``fold · std``; SGD lr
+    ``lr · fold²``, wd ``wd / fold²``; Adam lr ``lr · |fold|``, ε ``ε / |fold|``, wd ``wd / fold²`` (L2) or
+    ``wd / |fold|`` (AdamW). The optimizer takes these; the model runs with no multiplier."""
+
+    fold: float
+    init_std: float | None
+    init_scale: float | None
+    lr: float
+    wd: float | None
+    eps: float | None
+    sources: list[str]
+    """What ``fold`` is made of, e.g. ``mult 0.25``, ``branch 0.71 (blocks.3 residual sum)``, ``1/gamma``."""
 
 
 class TensorPlan(BaseModel):
@@ -50,6 +69,38 @@ class TensorPlan(BaseModel):
     use_mults: dict[str, float]
     """Forward multiplier per consuming node (differs from ``mult`` only for a tied readout use)."""
     module_level: str | None = None
+    guessed: bool = False
+    """The role was read from the shape alone: an opaque leaf module or function uses the tensor."""
+    unused: bool = False
+    """The model's forward never reads the tensor; it gets its rule all the same."""
+    carried: Carried | None = None
+
+
+class RuntimeMult(BaseModel):
+    """A multiplier that cannot be folded into a weight, carried by a forward hook (or pre-hook) on a module of
+    the user's model: ``output`` — the module's output (at ``path`` for the root's structured output) times
+    ``factor`` (on ``features`` of dimension ``dim`` only, when given: the query's columns of a fused ``qkv``);
+    ``input`` — its first argument; ``skip`` — ``out + (factor − 1)·input`` (a skip factor τ); ``center`` —
+    ``f(x; θ) − f(x; θ₀)``; ``attention`` — an ``nn.MultiheadAttention`` whose query (a slice of its
+    ``in_proj_weight``) is multiplied by the factor inside its forward."""
+
+    module: str
+    kind: str
+    factor: float
+    reason: str
+    features: list[int] | None = None
+    dim: int = -1
+    path: list[str | int] = []
+
+
+class OutputScale(BaseModel):
+    """A factor a structural multiplier (an attention scale change, a branch multiplier) puts on an op's output when
+    it is carried there — the query projection's output is then the query *times* the scale change. Coordinate
+    checks divide it back out to record the spec's own values."""
+
+    node: str
+    factor: float
+    features: list[int] | None = None
 
 
 class NetworkPlan(BaseModel):
@@ -65,12 +116,21 @@ class NetworkPlan(BaseModel):
     base_depth: int
 
 
+class BranchPlan(BaseModel):
+    node: str
+    add: str
+    k: int
+    params: list[str]
+    carried_by: str = ""
+
+
 class BlockPlan(BaseModel):
     node: str
     skip: str
-    branch: str
-    params: list[str]
     k: int
+    params: list[str]
+    branches: list[BranchPlan]
+    module: str = ""
 
 
 class AttentionPlan(BaseModel):
@@ -78,7 +138,14 @@ class AttentionPlan(BaseModel):
     kind: str
     d_head: int
     base_d_head: int
-    scale: float | None
+    own_scale: float
+    base_own_scale: float
+    scale: float
+    """The logit scale the spec asks for; it replaces ``own_scale`` (the model's own)."""
+    factor: float
+    """``scale / own_scale``: what the query is multiplied by."""
+    module: str = ""
+    carried_by: str = ""
 
 
 class Plan(BaseModel):
@@ -96,6 +163,10 @@ class Plan(BaseModel):
     readouts: list[str]
     leaves: list[str]
     warnings: list[str]
+    runtime: list[RuntimeMult] = []
+    output_scales: list[OutputScale] = []
+    checks: dict[str, str] = {}
+    """Self-checks run on this compile and their outcome (``base_identity``, ``carried``)."""
 
     def tensor(self, name: str) -> TensorPlan:
         for t in self.tensors:
@@ -192,44 +263,46 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
             eps=_value(rule.eps, sizes, "eps", info.name) if optimizer != "sgd" else None,
             rule=best or (f"{winners[0].pos.path}:{winners[0].pos.line}" if winners else ""),
             rules={k: f"{s.pos.path}:{s.pos.line}" for k, s in settings.items()},
-            tied_to=info.aliases, use_mults=use_mults, module_level=info.module_level))
+            tied_to=info.aliases, use_mults=use_mults, module_level=info.module_level, guessed=info.guessed,
+            unused=info.unused))
     _warn_unmatched_globs(spec, optimizer, analysis, warnings)
     attention = []
     for site in analysis.attention:
-        scale = None
-        if net.attention is not None:
-            scale = net.attention.evaluate(dict(net_sizes, d_head=site.d_head, base_d_head=site.base_d_head))
+        sizes = dict(net_sizes, d_head=site.d_head, base_d_head=site.base_d_head, keep=site.own_scale,
+                     base=site.base_own_scale)
+        scale = site.own_scale if net.attention is None else _value(net.attention, sizes, "attention", site.node)
+        if site.own_scale == 0:
+            raise CompileError(f"the attention at {site.node!r} has a logit scale of 0", hint="report the model")
         attention.append(AttentionPlan(node=site.node, kind=site.kind, d_head=site.d_head,
-                                       base_d_head=site.base_d_head, scale=scale))
+                                       base_d_head=site.base_d_head, own_scale=site.own_scale,
+                                       base_own_scale=site.base_own_scale, scale=scale,
+                                       factor=scale / site.own_scale, module=module_of(site.site.node)))
     network_plan = NetworkPlan(
-        gamma=net.gamma.evaluate(net_sizes), tau=net.tau.evaluate(net_sizes), alpha=float(net.alpha),
-        branch=net.branch.evaluate(net_sizes), attention_scale=attention[0].scale if attention else None,
+        gamma=_value(net.gamma, net_sizes, "gamma", "the network"), tau=_value(net.tau, net_sizes, "tau", "the network"),
+        alpha=float(net.alpha), branch=_value(net.branch, net_sizes, "branch", "the network"),
+        attention_scale=attention[0].scale if attention else None,
         center=net.center, width=width, base_width=base_width, depth=depth, base_depth=base_depth)
+    if network_plan.gamma == 0:
+        raise CompileError("gamma is 0 at these sizes: the output 1/gamma is undefined",
+                           hint="give gamma (or gamma0) a non-zero value")
+    blocks = [BlockPlan(node=b.node.name, skip=b.skip.name, k=b.k, params=b.params, module=module_of(b.node),
+                        branches=[BranchPlan(node=br.node.name, add=br.add.name, k=br.k, params=br.params)
+                                  for br in b.branches])
+              for b in analysis.blocks]
     return Plan(
         spec=spec.path, spec_name=spec.name, model=model, optimizer=optimizer,
         hypers={k: float(v) for k, v in spec.hyper_values().items()}, seed=seed, frontend=frontend, tensors=tensors,
-        network=network_plan,
-        residual_blocks=[BlockPlan(node=b.node, skip=b.skip, branch=b.branch, params=b.params, k=b.k)
-                         for b in analysis.blocks],
-        attention=attention, readouts=analysis.readouts, leaves=analysis.leaves,
-        warnings=warnings + analysis.notes)
+        network=network_plan, residual_blocks=blocks, attention=attention, readouts=analysis.readouts,
+        leaves=analysis.leaves, warnings=warnings + analysis.notes)
 
 
 def _most_specific(spec: Spec, optimizer: str, info: TensorInfo) -> str | None:
     """``file:line`` of the most specific rule among those that decided one of the tensor's settings."""
-    from ..spec.resolve import _rank, rule_matches, SECTION_RANK  # noqa: PLC0415 - resolution internals
-
-    matching = [r for r in spec.rules if r.section in SECTION_RANK[optimizer]
-                and rule_matches(r, info.name, info.role, info.residual)]
-    if not matching:
-        return None
-    best = max(matching, key=lambda r: _rank(r, optimizer))
-    return f"{best.pos.path}:{best.pos.line}"
+    best = most_specific_rule(spec, optimizer, info.name, info.role, info.residual)
+    return None if best is None else f"{best.pos.path}:{best.pos.line}"
 
 
 def _warn_unmatched_globs(spec: Spec, optimizer: str, analysis: Analysis, warnings: list[str]) -> None:
-    from ..spec.resolve import SECTION_RANK, rule_matches  # noqa: PLC0415
-
     for rule in spec.rules:
         if rule.selector.glob is None or rule.section not in SECTION_RANK[optimizer]:
             continue
@@ -238,4 +311,6 @@ def _warn_unmatched_globs(spec: Spec, optimizer: str, analysis: Analysis, warnin
             warnings.append(f"{rule.pos}: rule {rule.selector} matches no tensor of this model")
 
 
-__all__ = ["Plan", "TensorPlan", "NetworkPlan", "BlockPlan", "AttentionPlan", "build_plan", "resolve_settings"]
+__all__ = ["AttentionPlan", "BlockPlan", "BranchPlan", "Carried", "NetworkPlan", "OutputScale", "Plan", "RuntimeMult",
+           "TensorPlan",
+           "build_plan", "resolve_settings"]

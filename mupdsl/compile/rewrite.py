@@ -1,6 +1,7 @@
-"""Applying a plan: graph rewrite (multipliers, branch scale and skip factor, output 1/γ, attention scale,
-centering) and re-initialisation. The graph keeps the user's parameter names; every change is a plain
-``operator.mul`` (or an SDPA ``scale``) node, so the result pickles and runs under ``torch.compile``."""
+"""The reference graph: the traced model with every multiplier of a plan written out (multipliers, branch scale
+and skip factor, output 1/γ, attention scale, centering). The graph keeps the user's parameter names; every change
+is a plain ``operator.mul`` (or an SDPA ``scale``) node. It is what the compiled model — the user's module with the
+plan folded in — is checked against, and what ``mupdsl compile --emit-code`` prints."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def _scale_after(graph: fx.Graph, node: fx.Node, factor: float, skip_users: set[
     return scaled
 
 
-def apply_plan(gm: fx.GraphModule, plan: Plan) -> fx.GraphModule:
+def reference_graph(gm: fx.GraphModule, plan: Plan) -> fx.GraphModule:
+    """Rewrite the traced graph ``gm`` (in place) so that it computes the plan with every multiplier written out:
+    the reference the compiled model is checked against, and what ``--emit-code`` prints."""
     graph = gm.graph
     nodes = {n.name: n for n in graph.nodes}
     by_name = {t.name: t for t in plan.tensors}
@@ -48,7 +51,7 @@ def apply_plan(gm: fx.GraphModule, plan: Plan) -> fx.GraphModule:
         if tensor is None or tensor.module_level:
             continue
         for user in list(node.users):
-            mult = tensor.use_mults.get(user.name, tensor.mult)
+            mult = tensor.use_mults.get(_consumer(user, tensor).name, tensor.mult)
             if mult == 1.0:
                 continue
             with graph.inserting_after(node):
@@ -71,34 +74,39 @@ def apply_plan(gm: fx.GraphModule, plan: Plan) -> fx.GraphModule:
             graph.erase_node(node)
             nodes[node.name] = call
 
-    # 3. residual blocks: h <- tau * skip + branch_mult * branch
+    # 3. residual blocks: h <- tau * skip + branch_mult * branch, for every branch of a sum
     net = plan.network
     for block in plan.residual_blocks:
-        add = nodes[block.node]
-        skip, branch = nodes[block.skip], nodes[block.branch]
-        if net.branch != 1.0:
-            with graph.inserting_before(add):
-                scaled = graph.call_function(operator.mul, (branch, net.branch))
-            add.replace_input_with(branch, scaled)
+        for branch in block.branches:
+            if net.branch != 1.0:
+                add, value = nodes[branch.add], nodes[branch.node]
+                with graph.inserting_before(add):
+                    scaled = graph.call_function(operator.mul, (value, net.branch))
+                add.replace_input_with(value, scaled)
         if net.tau != 1.0:
-            with graph.inserting_before(add):
-                scaled = graph.call_function(operator.mul, (skip, net.tau))
-            add.replace_input_with(skip, scaled)
+            add = nodes[block.node]
+            skip = nodes[block.skip]
+            for candidate in [add, *[n for n in graph.nodes if skip in n.all_input_nodes and n.op != "output"]]:
+                if skip in candidate.all_input_nodes and ops.is_one_of(candidate, ops.ADDS):
+                    with graph.inserting_before(candidate):
+                        scaled = graph.call_function(operator.mul, (skip, net.tau))
+                    candidate.replace_input_with(skip, scaled)
+                    break
 
-    # 4. attention logit scale
+    # 4. attention: the model's own logit scale replaced by the spec's (a factor on the logits)
     for site in plan.attention:
-        if site.scale is None:
+        if site.factor == 1.0:
             continue
         node = nodes[site.node]
         if site.kind == "sdpa":
-            node.kwargs = {**node.kwargs, "scale": site.scale}
-        elif ops.is_matmul(node):
-            _scale_after(graph, node, site.scale)
-        else:  # the op that scaled the logits: replace it by a multiplication with the spec's scale
-            with graph.inserting_before(node):
-                scaled = graph.call_function(operator.mul, (node.args[0], site.scale))
-            node.replace_all_uses_with(scaled)
-            graph.erase_node(node)
+            current = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
+            if current is None:
+                current = float(shape_of(node.args[0])[-1]) ** -0.5
+            args = list(node.args[:6])
+            node.args = tuple(args)
+            node.kwargs = {**node.kwargs, "scale": float(current) * site.factor}
+        else:
+            _scale_after(graph, node, site.factor)
 
     # 5. output multiplier 1/gamma after each readout
     if net.gamma != 1.0:
@@ -108,7 +116,28 @@ def apply_plan(gm: fx.GraphModule, plan: Plan) -> fx.GraphModule:
     graph.eliminate_dead_code()
     graph.lint()
     gm.recompile()
+    if net.center:
+        gm = center(gm)
     return gm
+
+
+def _consumer(user: fx.Node, tensor) -> fx.Node:
+    """The op that consumes a parameter through casts and transposes (``x @ W.T``): its use multiplier is keyed by
+    that op."""
+    node = user
+    while node.name not in tensor.use_mults and len(node.users) == 1 and (
+            ops.is_one_of(node, ops.SHAPE_ONLY) or node.target in ("t", getattr)):
+        node = next(iter(node.users))
+    return node if node.name in tensor.use_mults else user
+
+
+def shape_of(node) -> tuple[int, ...]:
+    from .graph import shape  # noqa: PLC0415
+
+    found = shape(node)
+    if found is None:
+        raise ValueError(f"no shape recorded for {node}")
+    return found
 
 
 def center(gm: fx.GraphModule) -> fx.GraphModule:
@@ -151,29 +180,3 @@ def _attr(gm: nn.Module, target: str):
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-@torch.no_grad()
-def reinit(gm: nn.Module, plan: Plan, generator: torch.Generator | None = None) -> None:
-    """Initialise every tensor by its rule; ``keep`` scales the module's own default init in place."""
-    for tensor in plan.tensors:
-        p = gm.get_parameter(tensor.name)
-        if p.device.type == "meta":
-            continue
-        scale = tensor.init_scale
-        if tensor.init == "normal":
-            p.normal_(0.0, scale, generator=generator)
-        elif tensor.init == "uniform":
-            bound = math.sqrt(3.0) * scale
-            p.uniform_(-bound, bound, generator=generator)
-        elif tensor.init == "zero":
-            p.zero_()
-        elif tensor.init == "const":
-            p.fill_(scale)
-        else:
-            factor = 1.0 if scale is None else scale
-            if tensor.init == "base" and tensor.default_std and tensor.base_std is not None \
-                    and tensor.base_std != tensor.default_std:
-                factor *= tensor.base_std / tensor.default_std
-            if factor != 1.0:
-                p.mul_(factor)

@@ -56,14 +56,14 @@ class StackedOptimizer:
         if len(kinds) != 1:
             raise ValueError(f"a group needs one optimizer, got {sorted(kinds)}")
         self.kind = kinds.pop()
-        table = [[m.plan.tensor(n) for n in stack.names] for m in members]
-        self.lr = stack.per_tensor([[t.lr for t in row] for row in table], like)
-        self.decay = any(t.wd for row in table for t in row)
-        self.wd = stack.per_tensor([[t.wd or 0.0 for t in row] for row in table], like) if self.decay else None
+        table = [[m.settings()[n] for n in stack.names] for m in members]   # (lr, wd, eps) as carried
+        self.lr = stack.per_tensor([[lr for lr, _, _ in row] for row in table], like)
+        self.decay = any(wd for row in table for _, wd, _ in row)
+        self.wd = stack.per_tensor([[wd for _, wd, _ in row] for row in table], like) if self.decay else None
         self.beta1, self.beta2 = betas
         self.steps = 0
         if self.kind != "sgd":
-            self.eps = stack.per_tensor([[t.eps or 1e-8 for t in row] for row in table], like)
+            self.eps = stack.per_tensor([[1e-8 if eps is None else eps for _, _, eps in row] for row in table], like)
             self.exp_avg = torch.zeros_like(like)
             self.exp_avg_sq = torch.zeros_like(like)
 

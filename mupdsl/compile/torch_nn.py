@@ -53,9 +53,18 @@ def _training(tracer: fx.Tracer) -> fx.Proxy:
 def multihead_attention(tracer: fx.Tracer, m: nn.MultiheadAttention, query, key, value, key_padding_mask=None,
                         need_weights: bool = True, attn_mask=None, average_attn_weights: bool = True,
                         is_causal: bool = False):
+    """The traceable form (dropout follows the traced graph's train/eval flag)."""
+    return multihead_attention_forward(m, query, key, value, key_padding_mask, need_weights, attn_mask,
+                                       average_attn_weights, is_causal, training=_training(tracer))
+
+
+def multihead_attention_forward(m: nn.MultiheadAttention, query, key, value, key_padding_mask=None,
+                                need_weights: bool = True, attn_mask=None, average_attn_weights: bool = True,
+                                is_causal: bool = False, *, training, q_scale: float = 1.0):
     """``nn.MultiheadAttention.forward``: projections as ``F.linear`` on the module's own weights, logits
     ``q kᵀ / sqrt(d_head)`` through ``F.scaled_dot_product_attention`` (or written out when the weights are
-    returned or attention dropout is on), heads merged, ``out_proj``."""
+    returned or attention dropout is on), heads merged, ``out_proj``. ``q_scale`` multiplies the query (a logit
+    scale change a plan carries on the module, :class:`mupdsl.compile.hooks.ScaledAttention`)."""
     self_attention = query is key and key is value
     if not m.batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
@@ -73,6 +82,8 @@ def multihead_attention(tracer: fx.Tracer, m: nn.MultiheadAttention, query, key,
         q = F.linear(query, m.q_proj_weight, biases[0])
         k = F.linear(key, m.k_proj_weight, biases[1])
         v = F.linear(value, m.v_proj_weight, biases[2])
+    if q_scale != 1.0:
+        q = q * q_scale
     q, k, v = (t.unflatten(-1, (heads, d_head)).transpose(1, 2) for t in (q, k, v))
     written_out = need_weights or m.dropout > 0  # SDPA applies a bare causal flag itself
     needs_mask = attn_mask is not None or key_padding_mask is not None or (is_causal and written_out)
@@ -86,7 +97,7 @@ def multihead_attention(tracer: fx.Tracer, m: nn.MultiheadAttention, query, key,
         if need_weights:
             weights = attention.mean(dim=1) if average_attn_weights else attention
         if m.dropout > 0:
-            attention = F.dropout(attention, m.dropout, training=_training(tracer))
+            attention = F.dropout(attention, m.dropout, training=training)
         y = attention @ v
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
@@ -155,3 +166,13 @@ def traceable_forward(tracer: fx.Tracer, m: nn.Module, forward: Callable[..., An
         return forward
     replacement = form[0]
     return lambda *args, **kwargs: replacement(tracer, m, *args, **kwargs)
+
+
+def fast_path_free_forward(m: nn.Module) -> Callable[..., Any] | None:
+    """For ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder``: their forward without the inference fast
+    path (which calls fused kernels on the attention weights and would bypass a plan carried on the attention
+    module), as a plain function of the module's inputs; None for other modules."""
+    if type(m) not in (nn.TransformerEncoderLayer, nn.TransformerEncoder):
+        return None
+    form = _FORMS[type(m)][0]
+    return lambda *args, **kwargs: form(None, m, *args, **kwargs)

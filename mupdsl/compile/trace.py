@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from .errors import CompileError
+from .graph import opaque_calls
 from .torch_nn import traceable_forward, traced_through
 
 
@@ -55,38 +56,71 @@ def _failing_module(tb) -> str | None:
 
 
 def trace(model: nn.Module, example_inputs: tuple | None = None, max_leaves: int = 64) -> Traced:
-    """Trace ``model``; submodules fx cannot trace become leaves (listed), else fall back to torch.export."""
+    """Trace ``model`` in eval mode (dropout off; the model's train/eval flags are restored after): torch.fx
+    first, with submodules fx cannot trace as leaves. When a leaf (or an ``fx.wrap``-ed function) holds weights the
+    analysis would not see, and example inputs are given, the whole model is traced with torch.export instead —
+    a model is never planned blind when it can be seen. Without example inputs the leaves stay, and the plan
+    names them."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return _trace(model, example_inputs, max_leaves)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _trace(model: nn.Module, example_inputs: tuple | None, max_leaves: int) -> Traced:
     leaves: set[str] = set()
     error: BaseException | None = None
+    traced = None
     for _ in range(max_leaves + 1):
         try:
             graph = _LeafTracer(leaves).trace(model)
             _normalize(graph, model)
-            return Traced(fx.GraphModule(model, graph, model.__class__.__name__), "fx", sorted(leaves))
+            traced = Traced(fx.GraphModule(model, graph, model.__class__.__name__), "fx", sorted(leaves))
+            break
         except Exception as exc:  # noqa: BLE001 - any tracing failure decides the next step
             error = exc
             culprit = _failing_module(sys.exc_info()[2])
             if not culprit or culprit in leaves:
                 break
             leaves.add(culprit)
+    hidden = opaque_calls(traced.graph_module) if traced is not None else []
+    if traced is not None and not hidden:
+        return traced
     if example_inputs is not None:
         try:
-            ep = torch.export.export(model, tuple(example_inputs), strict=False,
-                                     dynamic_shapes=_dynamic_shapes(example_inputs))
-            gm = ep.module()
-            for node in list(gm.graph.nodes):  # export's input guards re-check the example's shapes: drop them
-                if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
-                    gm.graph.erase_node(node)
-            gm.recompile()
-            return Traced(gm, "export", [], [f"torch.fx could not trace the model ({_short(error)}); "
-                                            "used torch.export"])
+            gm = _export(model, example_inputs)
+            why = f"torch.fx left {', '.join(hidden)} opaque" if traced is not None else \
+                f"torch.fx could not trace the model ({_short(error)})"
+            return Traced(gm, "export", [], [f"{why}; traced with torch.export"])
         except Exception as exc:  # noqa: BLE001
+            if traced is not None:
+                traced.notes.append(f"torch.export could not trace the model either ({_short(exc)})")
+                return traced
             raise CompileError(f"cannot trace the model: torch.fx failed ({_short(error)}) and torch.export "
                                f"failed ({_short(exc)})",
                                hint="make the failing submodule traceable, or report the model") from None
+    if traced is not None:
+        traced.notes.append(f"{', '.join(hidden)}: opaque to torch.fx, and no example inputs to trace it with "
+                            "torch.export")
+        return traced
     where = _failing_module(error.__traceback__) if error else None
     raise CompileError(f"cannot trace the model{f' in submodule {where!r}' if where else ''}: {_short(error)}",
-                       hint="give the model file an example_batch(batch_size) so torch.export can be tried")
+                       hint="give the model file an example_batch(batch_size) (or example_inputs=) so torch.export "
+                            "can be tried")
+
+
+def _export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    ep = torch.export.export(model, tuple(example_inputs), strict=False,
+                             dynamic_shapes=_dynamic_shapes(example_inputs))
+    gm = ep.module()
+    for node in list(gm.graph.nodes):  # export's input guards re-check the example's shapes: drop them
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
 
 
 def _dynamic_shapes(example_inputs: tuple):
@@ -112,6 +146,11 @@ def _functional(module: nn.Module):
     """(function, builder of (args, kwargs) from the input and the param get_attr nodes) or None."""
     if type(module) is nn.Linear:
         return F.linear, lambda x, p: ((x, p["weight"], p.get("bias")), {})
+    if type(module) in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) and module.padding_mode == "zeros":
+        fn = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
+              nn.ConvTranspose3d: F.conv_transpose3d}[type(module)]
+        return fn, lambda x, p: ((x, p["weight"], p.get("bias"), module.stride, module.padding, module.output_padding,
+                                  module.groups, module.dilation), {})
     if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.padding_mode == "zeros":
         fn = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[type(module)]
         return fn, lambda x, p: ((x, p["weight"], p.get("bias"), module.stride, module.padding, module.dilation,

@@ -19,7 +19,6 @@ the exponent, not about finite-width transients. The default tolerance, 0.25, wa
 from __future__ import annotations
 
 import math
-import operator
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -27,12 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import fx
 
 from ..compile import CompiledModel, compile_model, load_factory
 from ..compile.init_record import storage_pointer
 from ..spec import Spec, apply_overrides, load_spec
 from .losses import logits_of, task_loss
+from .taps import ModuleTaps, tap_points
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.005, "adamw": 0.005}
 """Learning rates large enough that SP's blow-up shows within 4 steps on the reference models (measured, see
@@ -66,116 +65,6 @@ class CoordResult:
         from .coord_plot import plot_coordcheck  # noqa: PLC0415 - matplotlib only when plotting
 
         plot_coordcheck(self, path)
-
-
-class _TapGraph:
-    """The compiled graph, copied with the tapped nodes as extra outputs: runs as generated code, at full speed."""
-
-    def __init__(self, gm: fx.GraphModule, keys: dict[str, str]) -> None:
-        graph = fx.Graph()
-        env = {}
-        output = None
-        for node in gm.graph.nodes:
-            if node.op == "output":
-                output = node
-                continue
-            env[node] = graph.node_copy(node, lambda n: env[n])
-        taps = {}
-        for node in gm.graph.nodes:
-            if node.name in keys:
-                tap = env[node]
-                if any(_writes_in_place(user, gm) for user in node.users):  # e.g. a ReLU(inplace=True) after it
-                    with graph.inserting_after(tap):
-                        tap = graph.call_function(torch.clone, (tap,))
-                taps[keys[node.name]] = tap
-        graph.output((fx.node.map_arg(output.args[0], lambda n: env[n]), taps))
-        self.module = fx.GraphModule(gm, graph)
-        self.values: dict[str, torch.Tensor] = {}
-
-    def run(self, *args):
-        out, taps = self.module(*args)
-        self.values = {k: v.detach() for k, v in taps.items() if isinstance(v, torch.Tensor)}
-        return out
-
-
-def _writes_in_place(node: fx.Node, gm: fx.GraphModule) -> bool:
-    """Whether ``node`` overwrites its first input: x.add_(…), F.relu(x, inplace=True), nn.ReLU(inplace=True),
-    x += y."""
-    if node.kwargs.get("inplace") is True:
-        return True
-    if node.op == "call_method":
-        return node.target.endswith("_") and not node.target.startswith("__")
-    if node.op == "call_module":
-        return getattr(gm.get_submodule(node.target), "inplace", False) is True
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return node.target in _AUGMENTED or (name.endswith("_") and not name.startswith("__"))
-    return False
-
-
-_AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-                        operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
-                        operator.ilshift, operator.irshift})
-
-
-def _tapper(gm: fx.GraphModule, keys: dict[str, str]):
-    """A fast tapped copy where the graph has plain code generation (fx), else an interpreter (torch.export)."""
-    if type(gm.graph._codegen) is fx.graph.CodeGen:
-        return _TapGraph(gm, keys)
-    return _Tap(gm, keys)
-
-
-class _Tap(fx.Interpreter):
-    """Runs the compiled graph and keeps (detached) the values of the tapped nodes."""
-
-    def __init__(self, gm: fx.GraphModule, keys: dict[str, str]) -> None:
-        super().__init__(gm)
-        self.keys = keys
-        self.values: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        key = self.keys.get(n.name)
-        if key is not None and isinstance(out, torch.Tensor):
-            self.values[key] = out.detach()
-        return out
-
-
-def tap_points(compiled: CompiledModel) -> dict[str, str]:
-    """Graph node -> entry name: matrix-like weight ops (named by their weight's module), residual sums."""
-    plan = compiled.plan
-    keys: dict[str, str] = {}
-    for t in plan.tensors:
-        if t.role not in ("input", "hidden", "output", "embedding") or t.module_level:
-            continue
-        owner = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
-        nodes = sorted(t.use_mults)
-        for i, node in enumerate(nodes):
-            keys[node] = owner if len(nodes) == 1 else f"{owner}@{i + 1}"
-    if plan.network.gamma != 1.0:  # tap a readout after the network's 1/γ, which belongs to it
-        nodes = {n.name: n for n in compiled.model.graph.nodes}
-        for name in plan.readouts:
-            node = nodes.get(name)
-            users = list(node.users) if node is not None else []
-            if name in keys and len(users) == 1 and users[0].target is operator.mul:
-                keys[users[0].name] = keys.pop(name)
-    counts: dict[str, int] = {}
-    for block in plan.residual_blocks:
-        owners = [p.split(".")[:-1] for p in block.params]
-        prefix = ".".join(_leading(owners)) or block.node
-        counts[prefix] = counts.get(prefix, 0) + 1
-        keys[block.node] = f"{prefix} (residual sum {counts[prefix]})"
-    return keys
-
-
-def _leading(owners: list[list[str]]) -> list[str]:
-    """The dotted path all module owners share (component-wise)."""
-    out: list[str] = []
-    for parts in zip(*owners):
-        if len(set(parts)) != 1:
-            break
-        out.append(parts[0])
-    return out
 
 
 def _batch(factory, data: str, batch_size: int):
@@ -236,22 +125,25 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
         # trace and plan once per width; other seeds only re-draw the weights
         compiled = compile_model(spec, factory, width=w, base_width=base_width, depth=depth, base_depth=base_depth,
                                  optimizer=optimizer, seed=first_seed, device=device)
-        tapper = _tapper(compiled.model, tap_points(compiled))
-        together = batched_seeds and seeds > 1 and isinstance(tapper, _TapGraph) \
-            and not any(True for _ in compiled.model.named_buffers())
-        if together:
-            try:
-                return _train_together(compiled, tapper, factory, seed_list, steps, inputs, targets, w)
-            except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:  # vmap cannot run this model
-                if progress:
-                    progress(f"coordcheck {spec.name}: width {w}: seeds one at a time ({type(exc).__name__})")
-                compiled.reinitialize(first_seed, factory)
-        out = []
-        for seed in seed_list:
-            if seed != first_seed:
-                compiled.reinitialize(seed, factory)
-            out += _train_one(compiled, tapper, seed, steps, inputs, targets, w)
-        return out
+        taps = ModuleTaps(compiled.model, tap_points(compiled))
+        try:
+            together = batched_seeds and seeds > 1 and not compiled.plan.network.center \
+                and not any(True for _ in compiled.model.named_buffers())
+            if together:
+                try:
+                    return _train_together(compiled, taps, factory, seed_list, steps, inputs, targets, w)
+                except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:  # vmap cannot run it
+                    if progress:
+                        progress(f"coordcheck {spec.name}: width {w}: seeds one at a time ({type(exc).__name__})")
+                    compiled.reinitialize(first_seed, factory)
+            out = []
+            for seed in seed_list:
+                if seed != first_seed:
+                    compiled.reinitialize(seed, factory)
+                out += _train_one(compiled, taps, seed, steps, inputs, targets, w)
+            return out
+        finally:
+            taps.remove()
 
     records = [r for w in widths for r in run(w)]
     slopes = fit_slopes(records, widths, seeds)
@@ -354,16 +246,17 @@ def _wide(value: torch.Tensor) -> torch.Tensor:
     return value.detach().float() if value.element_size() < 4 else value.detach()
 
 
-def _train_one(compiled: CompiledModel, tapper, seed: int, steps: int, inputs, targets, width: int
+def _train_one(compiled: CompiledModel, taps: ModuleTaps, seed: int, steps: int, inputs, targets, width: int
                ) -> list[dict[str, Any]]:
     opt = compiled.optimizer()
+    named = dict(compiled.model.named_parameters())
     weights = {storage_pointer(p) for p in compiled.model.parameters()}
     statistics = _Statistics(width, [seed])
     for step in range(steps + 1):
         with torch.set_grad_enabled(step < steps):  # the last state is only looked at
-            out = tapper.run(*inputs)
-        values = {**tapper.values, "output": logits_of(out).detach()}
-        # a tapped value can be a parameter (a cls token) that the optimizer updates in place
+            out, values = taps.run(compiled.model, *inputs, params=named)
+        values["output"] = logits_of(out).detach()
+        # a recorded value can be a parameter (a module returning its table) that the optimizer updates in place
         statistics.add({key: (value.clone() if storage_pointer(value) in weights else value).unsqueeze(0)
                         for key, value in values.items()})
         if step == steps:
@@ -375,7 +268,7 @@ def _train_one(compiled: CompiledModel, tapper, seed: int, steps: int, inputs, t
     return statistics.records()
 
 
-def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds: list[int], steps: int, inputs,
+def _train_together(compiled: CompiledModel, taps: ModuleTaps, factory, seeds: list[int], steps: int, inputs,
                     targets, width: int) -> list[dict[str, Any]]:
     """The seeds of one width as one vmapped model on a (seeds, P) buffer, with the plan's optimizer applied to
     the whole buffer (:mod:`mupdsl.compile.stacked`): the records :func:`_train_one` would give, seed by seed."""
@@ -391,9 +284,9 @@ def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds
         rows.append(stack.flat([compiled]))
     flat = torch.cat(rows)
     opt = StackedOptimizer(stack, [compiled] * len(seeds), flat)
-    graph = tapper.module
-    forward = vmap(lambda p, *x: functional_call(graph, p, x), in_dims=(0,) + (None,) * len(inputs),
-                   randomness="different")
+    model = compiled.model
+    forward = vmap(lambda p, *x: taps.run(lambda *y: functional_call(model, p, y), *x, params=p),
+                   in_dims=(0,) + (None,) * len(inputs), randomness="different")
     loss_of = vmap(lambda out: task_loss(out, targets))
     statistics = _Statistics(width, seeds)
     for step in range(steps + 1):
@@ -401,10 +294,10 @@ def _train_together(compiled: CompiledModel, tapper: "_TapGraph", factory, seeds
         with torch.set_grad_enabled(step < steps), warnings.catch_warnings():
             # ops without a batching rule (fused attention on CPU) run member by member: correct, only slower
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            out, taps = forward(stack.views(live), *inputs)
+            out, taps_values = forward(stack.views(live), *inputs)
         logits = logits_of(out)
-        values = {**{k: v for k, v in taps.items() if isinstance(v, torch.Tensor)}, "output": logits}
-        # a tapped weight (a cls token) is a view of the buffer the optimizer updates in place: copied
+        values = {**taps_values, "output": logits}
+        # a recorded weight is a view of the buffer the optimizer updates in place: copied
         buffer = storage_pointer(flat)
         statistics.add({key: value.detach().clone() if storage_pointer(value) == buffer else value.detach()
                         for key, value in values.items()})

@@ -203,7 +203,7 @@ def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | 
     if eta0 is None or eta0 <= 0:
         raise ValueError("the spec has no positive eta0 to normalise the learning rates by")
     names = [t.name for t in plan.tensors]
-    lrs = {t.name: t.lr for t in plan.tensors}
+    lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}   # as carried: H is of the stored weights
     scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
     beta1 = optimizer.param_groups[0].get("betas", (0.9, 0.999))[0] if optimizer is not None else 0.9
     return measure(compiled.model, batch, names=names, scale=scale, eos=eos_threshold(kind, eta0, beta1), **kwargs)

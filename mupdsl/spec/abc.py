@@ -44,7 +44,10 @@ def width_weights(role: str) -> dict[str, Fraction]:
 
 
 DEPTH_WEIGHTS = {"depth": Fraction(1), "depth_mult": Fraction(1)}
-NETWORK_WIDTH_WEIGHTS = {"width": Fraction(1), "width_mult": Fraction(1), "d_head": Fraction(1)}
+NETWORK_WIDTH_WEIGHTS = {"width": Fraction(1), "width_mult": Fraction(1), "d_head": Fraction(1),
+                         "keep": Fraction(-1, 2)}
+"""``keep`` (the model's own attention scale) is taken to be the standard 1/sqrt(d_head), as ``init = keep`` is
+taken to be PyTorch's default; ``base`` (the own scale at the base width) is width-independent."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from lark import Token, Tree
 from .errors import SourcePos, SpecError, did_you_mean
 from .expr import Monomial, to_monomial
 from .model import (
-    INIT_KINDS, NETWORK_KEYS, NETWORK_SIZE_VARIABLES, OPTIMIZERS, ROLES, SIZE_VARIABLES, TENSOR_KEYS,
+    ATTENTION_OWN_SCALES, INIT_KINDS, NETWORK_KEYS, NETWORK_SIZE_VARIABLES, OPTIMIZERS, ROLES, SIZE_VARIABLES, TENSOR_KEYS,
     Expr, Hyper, Init, NetworkSetting, Rule, Selector, Setting, Spec,
 )
 from .resolve import network
@@ -281,9 +281,16 @@ def _check_values(spec: Spec, sources: Mapping[str, str]) -> None:
             if late:
                 hyper["alpha"] = alphas["sgd" if ns.section == "all" else ns.section]
                 allowed += ("alpha",)
+            if key == "attention":
+                allowed += ATTENTION_OWN_SCALES
             monomial = to_monomial(value, make_lookup(allowed, f"network '{key}'", src), src)
             if not math.isfinite(monomial.coef):
                 raise SpecError("value is too large for a float", value.pos, source=src)
+            own = [name for name in ATTENTION_OWN_SCALES if name in monomial.powers]
+            if own and (len(own) > 1 or monomial.powers[own[0]] != 1):
+                raise SpecError("attention may name the model's own scale once, as a factor: keep or base",
+                                value.pos, source=src,
+                                hint="write `attention = keep`, or `base * base_d_head / d_head` (µP)")
             if key in ("alpha", "tau") and not monomial.is_const:
                 raise SpecError(f"network '{key}' must be a constant", ns.setting.pos, source=src,
                                 hint="it may use numbers and hyperparameters, not sizes")
@@ -501,6 +508,8 @@ class _Reader:
                              hint="calls such as normal(std = …) are for init")
         expr = self.expr(node)
         bad = expr.names() & set(INIT_KINDS)
+        if key == "attention":
+            bad -= set(ATTENTION_OWN_SCALES)   # the model's own logit scale (docs/language.md)
         if bad:
             raise self.error(f"'{sorted(bad)[0]}' is an init form; it cannot appear in '{key}'", node)
         return expr

@@ -40,6 +40,12 @@ SIZE_VARIABLES = (
 """Size variables an expression may use. ``fan_*`` are per tensor, read from the op that consumes it;
 ``*_mult`` are ratios to the base model (TP5 Eq. 4)."""
 
+ATTENTION_OWN_SCALES = ("keep", "base")
+"""Names the ``attention`` rule may use for the model's own logit scale: ``keep`` at the model's size, ``base`` at
+the base size. A spec's scale *replaces* the model's own, wherever the model applies it (design.md §3), so
+``attention = keep`` changes nothing and ``base * base_d_head / d_head`` is µP's 1/d anchored at the model's own
+scale at the base width (T5's 1, GPT's 1/sqrt(d)) — the base model is then the user's model (TP5 Eq. 4)."""
+
 NETWORK_SIZE_VARIABLES = ("width", "base_width", "width_mult", "depth", "base_depth", "depth_mult",
                           "k", "d_head", "base_d_head", "D")
 """The size variables that mean something for the whole network (no per-tensor fan-in/fan-out)."""

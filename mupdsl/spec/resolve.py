@@ -82,6 +82,12 @@ def _rank(rule: Rule, optimizer: str) -> tuple:
     return glob_rank + (sel.role is not None, sel.residual, SECTION_RANK[optimizer][rule.section], rule.order)
 
 
+def most_specific_rule(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool = False) -> Rule | None:
+    """The most specific rule that applies to a tensor (for reporting which rule decided it), or None."""
+    matching = [r for r in spec.rules if r.section in SECTION_RANK[optimizer] and rule_matches(r, name, role, residual)]
+    return max(matching, key=lambda r: _rank(r, optimizer)) if matching else None
+
+
 def check_optimizer(optimizer: str) -> str:
     if optimizer not in SECTION_RANK:
         raise ValueError(f"unknown optimizer '{optimizer}': choose sgd, adam or adamw")
@@ -220,6 +226,7 @@ def tensor_rule(spec: Spec, optimizer: str, name: str | None, role: str, net: Ne
 
 
 __all__ = [
-    "NETWORK_KEYS", "TENSOR_KEYS", "Network", "TensorRule", "glob_regex", "network", "network_setting",
+    "NETWORK_KEYS", "SECTION_RANK", "TENSOR_KEYS", "Network", "TensorRule", "glob_regex", "most_specific_rule",
+    "network", "network_setting",
     "resolve_settings", "rule_matches", "tensor_rule",
 ]

@@ -31,8 +31,9 @@ from .run import DIVERGED_FACTOR, measure_options, on_device, record_measurement
 
 
 def groupable(compiled) -> bool:
-    """Only models without buffers: BatchNorm's running statistics do not vmap over members."""
-    return not any(True for _ in compiled.model.named_buffers())
+    """Only models without buffers (BatchNorm's running statistics do not vmap over members) and not centered
+    (each member has its own θ₀)."""
+    return not compiled.plan.network.center and not any(True for _ in compiled.model.named_buffers())
 
 
 @functools.lru_cache(maxsize=32)

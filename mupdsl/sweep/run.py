@@ -196,7 +196,7 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
     opt = compiled.optimizer()
     base_lrs = [g["lr"] for g in opt.param_groups]
     names = [t.name for t in compiled.plan.tensors]
-    lrs = {t.name: t.lr for t in compiled.plan.tensors}
+    lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}
     g = torch.Generator().manual_seed(trial["seed"])
     m = exp.measure
     measure_batch = Batch((x_train[: m.batch_size],), y_train[: m.batch_size])

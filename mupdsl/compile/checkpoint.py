@@ -1,0 +1,153 @@
+"""Checkpoints that carry their plan (design.md §3): ``model.pt`` (the state_dict), ``plan.json`` and
+``manifest.json`` (the spec and model files with their content hashes, paths relative to the checkpoint), and for a
+centered model ``init.pt`` (θ₀).
+
+Loading re-derives the plan from the spec and the model file and refuses, naming what differs, when it is not the
+saved one — an edited spec, model file or size never loads silently into a different parametrization. Weights load
+with ``torch.load(..., weights_only=True)``. A plan that names a model *file* runs that file to rebuild the model:
+load checkpoints only from sources you trust, as with any Python code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from . import hooks
+from .compiled import CompiledModel, compile_model
+from .errors import CompileError
+from .plan import Plan
+
+_COMPARED = ("role", "init", "init_std", "mult", "lr", "wd", "eps", "residual", "scaling_dims", "shape")
+
+
+def _hash(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _model_file(source: str) -> Path | None:
+    base = source.split(":")[0] if not (len(source) > 1 and source[1] == ":") else source
+    return Path(base) if base.endswith(".py") else None
+
+
+def _relative(path: Path, directory: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), directory.resolve())
+    except ValueError:  # another drive
+        return str(path.resolve())
+
+
+def save(compiled: CompiledModel, directory) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = compiled.plan
+    torch.save(compiled.model.state_dict(), directory / "model.pt")
+    (directory / "plan.json").write_text(json.dumps(plan.model_dump(), indent=1))
+    files = {}
+    spec_path = Path(plan.spec)
+    if spec_path.is_file():
+        files["spec"] = {"path": _relative(spec_path, directory), "sha256": _hash(spec_path)}
+    model_file = _model_file(plan.model)
+    if model_file is not None and model_file.is_file():
+        files["model"] = {"path": _relative(model_file, directory), "sha256": _hash(model_file),
+                          "attribute": plan.model.split(":", 1)[1] if ":" in plan.model else None}
+    (directory / "manifest.json").write_text(json.dumps({"files": files, "torch": torch.__version__}, indent=1))
+    centers = hooks.center_hooks(compiled.model)
+    if centers:
+        torch.save(centers[0].initial, directory / "init.pt")
+    return directory
+
+
+def plan_differences(saved: Plan, current: Plan) -> list[str]:
+    """What differs between two plans of one model: sizes, optimizer, network settings, per-tensor settings."""
+    out = []
+    for key in ("optimizer", "spec_name"):
+        if getattr(saved, key) != getattr(current, key):
+            out.append(f"{key}: {getattr(saved, key)} -> {getattr(current, key)}")
+    for key, value in saved.network.model_dump().items():
+        new = getattr(current.network, key)
+        if not _same(value, new):
+            out.append(f"network {key}: {value} -> {new}")
+    mine = {t.name: t for t in current.tensors}
+    for t in saved.tensors:
+        other = mine.pop(t.name, None)
+        if other is None:
+            out.append(f"{t.name}: in the checkpoint, not in the model")
+            continue
+        for key in _COMPARED:
+            a, b = getattr(t, key), getattr(other, key)
+            if not _same(a, b):
+                out.append(f"{t.name}: {key} {a} -> {b}")
+    out += [f"{name}: in the model, not in the checkpoint" for name in mine]
+    for a, b in zip(saved.attention, current.attention):
+        if not _same(a.scale, b.scale):
+            out.append(f"attention at {a.node}: scale {a.scale} -> {b.scale}")
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+    return a == b
+
+
+def load_compiled(directory, map_location: str | None = "cpu", *, allow_changed_source: bool = False
+                  ) -> CompiledModel:
+    """Rebuild a compiled model saved by :meth:`CompiledModel.save`: re-derive its plan, refuse one that changed,
+    and load the weights (``weights_only=True``)."""
+    directory = Path(directory)
+    try:
+        saved = Plan.model_validate_json((directory / "plan.json").read_text())
+        manifest = json.loads((directory / "manifest.json").read_text()) if (directory / "manifest.json").is_file() \
+            else {"files": {}}
+    except (OSError, ValueError) as exc:
+        raise CompileError(f"{directory}: not a mupdsl checkpoint ({type(exc).__name__}: {exc})".splitlines()[0],
+                           hint="it must hold plan.json and model.pt written by CompiledModel.save") from None
+    files = manifest.get("files", {})
+    spec = _located(directory, files.get("spec"), saved.spec)
+    model = saved.model
+    changed = []
+    if "model" in files:
+        path = _located(directory, files["model"], _model_file(saved.model))
+        model = str(path) + (f":{files['model']['attribute']}" if files["model"].get("attribute") else "")
+        if _hash(Path(path)) != files["model"]["sha256"]:
+            changed.append(f"the model file {path} changed since the checkpoint was written")
+    if changed and not allow_changed_source:
+        raise CompileError("; ".join(changed), hint="load with allow_changed_source=True if the change is intended")
+    net = saved.network
+    compiled = compile_model(str(spec), model, width=net.width, base_width=net.base_width, depth=net.depth,
+                             base_depth=net.base_depth, optimizer=saved.optimizer, overrides=saved.hypers,
+                             seed=saved.seed)
+    differences = plan_differences(saved, compiled.plan)
+    if differences:
+        raise CompileError(f"{directory}: the plan re-derived from {spec} and {model} is not the checkpoint's: "
+                           + "; ".join(differences[:6]) + (f" and {len(differences) - 6} more" if len(differences) > 6
+                                                           else ""),
+                           hint="the spec, the model file or a size changed since the checkpoint was written")
+    state = torch.load(directory / "model.pt", map_location=map_location, weights_only=True)
+    compiled.model.load_state_dict(state)
+    if (directory / "init.pt").is_file():
+        initial = torch.load(directory / "init.pt", map_location=map_location, weights_only=True)
+        for hook in hooks.center_hooks(compiled.model):
+            hook.initial = initial
+    return compiled
+
+
+def _located(directory: Path, entry: dict | None, fallback) -> Path | str:
+    """A file named in the manifest, relative to the checkpoint; else the plan's own path (or preset name)."""
+    if entry:
+        candidate = (directory / entry["path"])
+        if candidate.is_file():
+            return candidate.resolve()
+    return fallback
+
+
+__all__ = ["load_compiled", "plan_differences", "save"]

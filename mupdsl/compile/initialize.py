@@ -1,0 +1,162 @@
+"""Initialising the user's model by a plan, in place, and the optimizer parameter groups that go with it.
+
+Every tensor is drawn by its :class:`~mupdsl.compile.plan.Carried` init (the spec's init with the folded
+multipliers in it), from its own generator seeded by ``(seed, name)``: the values do not depend on the order of the
+parameters nor on the caller's random state, and a sharded parameter (an FSDP2 ``DTensor``) gets exactly the values
+the unsharded tensor would get — the full tensor is drawn and each rank keeps its shard. ``keep`` and ``base`` scale
+the model's own init in place; after ``to_empty()`` (a model built on ``meta``) that init is first re-run
+(``reset_parameters`` of the owning module), or drawn from its recorded std where the module has none.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import zlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CompileError
+from .plan import Plan, TensorPlan
+
+SGD_LIKE = ("SGD", "ASGD")
+ADAM_LIKE = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "RMSprop", "SparseAdam", "Adafactor")
+"""torch.optim classes by how a weight multiplier folds into them: SGD's step is linear in the gradient (lr × m²),
+the others divide by a running gradient magnitude (lr × m, ε / m)."""
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+
+
+def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(tensor_seed(seed, name))
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    return type(p).__name__ == "DTensor" and hasattr(p, "device_mesh")
+
+
+def _draw(p: torch.Tensor, kind: str, scale: float, generator_for) -> None:
+    """Fill ``p`` (plain or sharded) with a draw of ``kind``; a DTensor gets its shard of the full draw."""
+    if _is_dtensor(p):
+        from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415 - only for sharded models
+
+        local_device = p.to_local().device
+        full = torch.empty(p.shape, dtype=p.dtype, device=local_device)
+        _draw(full, kind, scale, generator_for)
+        p.copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None))
+        return
+    if kind == "normal":
+        p.normal_(0.0, scale, generator=generator_for(p.device))
+    elif kind == "uniform":
+        bound = math.sqrt(3.0) * scale
+        p.uniform_(-bound, bound, generator=generator_for(p.device))
+    elif kind == "zero":
+        p.zero_()
+    elif kind == "const":
+        p.fill_(scale)
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    owner_name, _, local = name.rpartition(".")
+    return (model.get_submodule(owner_name) if owner_name else model), local
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, plan: Plan, seed: int = 0, *, redraw_defaults: bool = False) -> list[str]:
+    """Draw every parameter of ``model`` by the plan's carried init, in place. ``redraw_defaults``: the model's
+    own init is gone (``to_empty()`` after a ``meta`` build), so ``keep``/``base`` re-run it first. Returns notes
+    (tensors whose own init had to be approximated)."""
+    notes: list[str] = []
+    reset: set[int] = set()
+    for t in plan.tensors:
+        p = model.get_parameter(t.name)
+        if p.device.type == "meta":
+            continue
+        carried = t.carried
+        scale = carried.init_scale if carried is not None else t.init_scale
+        generator_for = lambda device, name=t.name: _generator(seed, name, device)  # noqa: E731
+        if t.init in ("normal", "uniform", "zero", "const"):
+            _draw(p, t.init, 0.0 if scale is None else float(scale), generator_for)
+            continue
+        factor = 1.0 if scale is None else float(scale)
+        if t.init == "base" and t.default_std and t.base_std is not None and t.base_std != t.default_std:
+            factor *= t.base_std / t.default_std
+        if redraw_defaults:
+            owner, _ = _owner(model, t.name)
+            if hasattr(owner, "reset_parameters") and id(owner) not in reset:
+                _seeded_reset(owner, seed, t.name)
+                reset.add(id(owner))
+            elif id(owner) not in reset:
+                std = t.default_std or 0.0
+                _draw(p, "normal", std, generator_for)
+                notes.append(f"{t.name}: the model's own init redrawn as N(0, {std:.4g}²) (its module has no "
+                             "reset_parameters)")
+        if factor != 1.0:
+            p.mul_(factor)
+    return notes
+
+
+def _seeded_reset(module: nn.Module, seed: int, name: str) -> None:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(tensor_seed(seed, name))
+    try:
+        module.reset_parameters()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with the plan's carried lr, weight decay and ε; tensors with equal settings
+    share a group (``names`` lists them). Parameters are looked up by name on ``model`` now, so groups built after
+    ``fully_shard`` hold its sharded parameters."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for t in plan.tensors:
+        c = t.carried
+        lr, wd, eps = (c.lr, c.wd, c.eps) if c is not None else (t.lr, t.wd, t.eps)
+        key = (lr, wd, eps)
+        if key not in groups:
+            group: dict[str, Any] = {"params": [], "names": [], "lr": lr, "weight_decay": wd or 0.0}
+            if plan.optimizer != "sgd" and eps is not None:
+                group["eps"] = eps
+            groups[key] = group
+        groups[key]["params"].append(model.get_parameter(t.name))
+        groups[key]["names"].append(t.name)
+    return list(groups.values())
+
+
+def optimizer_for(model: nn.Module, plan: Plan, cls: type | None = None, **kwargs) -> torch.optim.Optimizer:
+    """The plan's optimizer over :func:`param_groups`: ``cls`` is any ``torch.optim`` class (default: the plan's
+    SGD, Adam or AdamW). Its family must fold multipliers as the plan's does, else a folded plan would train
+    differently; keys the class does not take (ε for SGD) are left out."""
+    named = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    cls = cls or named[plan.optimizer]
+    family = "sgd" if cls.__name__ in SGD_LIKE else "adam" if cls.__name__ in ADAM_LIKE else None
+    folded = any(t.carried is not None and t.carried.fold != 1.0 for t in plan.tensors)
+    wanted = "sgd" if plan.optimizer == "sgd" else "adam"
+    if folded and family != wanted:
+        raise CompileError(f"{cls.__name__}: the plan was compiled for {plan.optimizer}, and its multipliers are "
+                           f"folded into {plan.optimizer}'s learning rates; "
+                           + ("an unknown optimizer family" if family is None else f"{cls.__name__} is {family}-like"),
+                           hint=f"compile with --optimizer for this optimizer's family, or use a {wanted}-like class")
+    decoupled = cls.__name__ == "AdamW"
+    if plan.optimizer in ("adam", "adamw") and family == "adam" and decoupled != (plan.optimizer == "adamw") and \
+            any((t.carried.wd if t.carried else t.wd) for t in plan.tensors):
+        raise CompileError(f"{cls.__name__} decays weights {'decoupled' if decoupled else 'as L2'}, the plan "
+                           f"({plan.optimizer}) the other way", hint="compile for the optimizer you train with")
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    groups = []
+    for g in param_groups(model, plan):
+        group = {k: v for k, v in g.items() if k in ("params", "names", "lr") or k in accepted}
+        groups.append(group)
+    if "lr" not in accepted:
+        for g in groups:
+            g.pop("lr", None)
+    return cls(groups, **({"lr": groups[0]["lr"]} if groups and "lr" in accepted and "lr" not in kwargs else {}),
+               **kwargs)
+
+
+__all__ = ["initialize", "optimizer_for", "param_groups", "tensor_seed", "TensorPlan"]

@@ -1,0 +1,157 @@
+"""Which values a coordinate check records, and recording them with forward hooks on the user's own modules (as
+microsoft/mup's ``get_coord_data`` does): the output of every module that runs a matrix-like weight op (named by the
+module; a module called twice is two entries, ``name@1`` and ``name@2``), of every module that returns a residual
+sum, and the model's output.
+
+A value a later op overwrites in place (``nn.ReLU(inplace=True)`` after a Linear) is copied when it is recorded.
+Hooks record into a dictionary the caller returns from the function it runs — so recording also works inside
+``torch.func.vmap`` (the seeds of a width as one batched model).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+
+from ..compile import CompiledModel
+from ..compile.graph import module_of, module_returning
+from .losses import logits_of
+
+_AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                        operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+                        operator.ilshift, operator.irshift})
+
+MATRIX_ROLES = ("input", "hidden", "output", "embedding")
+
+
+def writes_in_place(node: fx.Node, root: nn.Module | None = None) -> bool:
+    """Whether ``node`` overwrites its first input: x.add_(…), F.relu(x, inplace=True), nn.ReLU(inplace=True),
+    x += y."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("__")
+    if node.op == "call_module" and root is not None:
+        return getattr(root.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.target in _AUGMENTED or (name.endswith("_") and not name.startswith("__"))
+    return False
+
+
+@dataclass
+class TapPoints:
+    """Module path -> entry name; modules whose output a later op overwrites in place (copied when recorded); and
+    the factor a structural multiplier carried on a module's output put there (divided back out, so that the
+    recorded value is the spec's: a query projection that carries µP's attention scale change still records q)."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    copied: set[str] = field(default_factory=set)
+    scales: dict[str, tuple[float, list[int] | None]] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    """Tensors the forward uses outside any module's own op (a class token, a positional table added in the
+    model's forward): recorded as themselves, by name."""
+
+
+def tap_points(compiled: CompiledModel) -> TapPoints:
+    plan = compiled.plan
+    gm = compiled.traced.graph_module if compiled.traced is not None else None
+    if gm is None:
+        return TapPoints()
+    nodes = {n.name: n for n in gm.graph.nodes}
+    points: dict[str, str] = {}
+    copied: set[str] = set()
+
+    def add(node: fx.Node | None, key: Callable[[str], str]) -> bool:
+        if node is None:
+            return False
+        found = module_returning(gm.graph, node)
+        if found is None:
+            return False
+        path, value = found
+        points.setdefault(path, key(path))
+        if any(writes_in_place(u, gm) for u in value.users):
+            copied.add(path)
+        return True
+
+    params: dict[str, str] = {}
+    for t in plan.tensors:
+        if t.role not in MATRIX_ROLES:
+            continue
+        tapped = [add(nodes.get(use), lambda path: path) for use in sorted(t.use_mults)]
+        if not any(tapped) and t.role == "embedding" and not t.module_level and not t.unused:
+            params[t.name] = t.name   # a class token or a positional table used in the model's own forward
+    for block in plan.residual_blocks:
+        add(nodes.get(block.node), lambda path: f"{path} (residual sum)")
+    scales = {}
+    for scale in plan.output_scales:
+        node = nodes.get(scale.node)
+        found = module_returning(gm.graph, node) if node is not None else None
+        if found is not None and found[0] in points:
+            factor, features = scales.get(found[0], (1.0, None))
+            scales[found[0]] = (factor * scale.factor, scale.features or features)
+    return TapPoints(points, copied, scales, params)
+
+
+def _divisor(value: torch.Tensor, factor: float, features: list[int] | None):
+    if features is None:
+        return factor
+    vector = torch.ones(value.shape[-1], dtype=value.dtype, device=value.device)
+    vector[torch.as_tensor(features, device=value.device)] = factor
+    return vector
+
+
+class ModuleTaps:
+    """Forward hooks recording the tapped modules' outputs (detached) into :attr:`values` on each run."""
+
+    def __init__(self, model: nn.Module, points: TapPoints) -> None:
+        self.params = points.params
+        self.values: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+        self.handles = []
+        for path, key in points.names.items():
+            module = model.get_submodule(path) if path else model
+            hook = self._hook(key, path in points.copied, points.scales.get(path))
+            self.handles.append(module.register_forward_hook(hook))
+
+    def _hook(self, key: str, copy: bool, scale: tuple[float, list[int] | None] | None):
+        def record(module: nn.Module, args: tuple, output: Any) -> None:
+            try:
+                value = logits_of(output)
+            except TypeError:
+                return
+            n = self.calls.get(key, 0) + 1
+            self.calls[key] = n
+            if n == 2:  # a module called twice: its first call was key@1
+                self.values[f"{key}@1"] = self.values.pop(key)
+            value = value.detach()
+            if scale is not None:
+                value = value / _divisor(value, *scale)
+            elif copy:
+                value = value.clone()
+            self.values[key if n == 1 else f"{key}@{n}"] = value
+        return record
+
+    def run(self, fn: Callable[..., Any], *inputs, params: dict[str, torch.Tensor] | None = None
+            ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """``fn(*inputs)`` and the values recorded while it ran, with the tapped tensors of ``params`` (the
+        model's parameters by name) as they were."""
+        self.values, self.calls = {}, {}
+        out = fn(*inputs)
+        values = dict(self.values)
+        for name, key in self.params.items():
+            if params is not None and name in params:
+                values[key] = params[name].detach()
+        return out, values
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+__all__ = ["MATRIX_ROLES", "ModuleTaps", "TapPoints", "module_of", "tap_points", "writes_in_place"]

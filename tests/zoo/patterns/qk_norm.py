@@ -1,0 +1,109 @@
+"""Pattern: normalisation of q and k after the projections (QK-norm; Qwen3-style per-head RMSNorm).
+
+    q = q_norm(q); k = k_norm(k)        # nn.RMSNorm(d_head) applied per head, on (B, H, T, d_head), before the logits
+    att = (q @ k.transpose(-2, -1)) * self.scale      # self.scale = d_head ** -0.5 (Python float)
+    att = att.masked_fill(~causal, -inf); softmax; @ v
+(OLMo-2 instead normalises the full q / k projections, RMSNorm(width), before splitting heads.)
+
+Correct analysis: the attention scale is the post-matmul ``* self.scale`` = d_head^-1/2; µP must REPLACE it
+with 1/d_head, not multiply on top.  The norms do not change that: they fix the per-entry size of q and k,
+so q.k still sums d_head O(1) terms.  q_norm.weight / k_norm.weight are gain VECTORS of shape [d_head]
+(their size grows with width through d_head): vector-like parameters like LayerNorm gains, not matrices;
+they must not be treated as attention scales either.  q.weight / k.weight remain ordinary hidden matrices.
+
+Shared skeleton (identical in all attn_*.py / qk_norm.py pattern files, only the attention core differs):
+  vocab 64, context 8, width = d_model, 4 heads (d_head = width/4), depth = number of pre-LN blocks.
+  tok nn.Embedding(64, w) + pos nn.Embedding(8, w)  ->  blocks  ->  ln_f  ->  head nn.Linear(w, 64, bias=False)
+  (head NOT tied).  Block: x = x + attn(ln1(x)); x = x + mlp(ln2(x)); mlp = fc Linear(w, 4w), GELU,
+  proj Linear(4w, w).  attn: SEPARATE q / k / v nn.Linear(w, w) (bias) and proj nn.Linear(w, w); causal.
+  The causal mask is built in forward from torch.arange(T) (no buffer, so torch.fx can trace it).
+  PyTorch default init.  Inputs: token ids (B, 8); targets: next tokens (B, 8).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB = 64
+SEQ_LEN = 8
+N_HEAD = 4
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.n_head = N_HEAD
+        self.head_dim = width // N_HEAD
+        self.scale = self.head_dim ** -0.5
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        i = torch.arange(T, device=x.device)
+        causal = i[:, None] >= i[None, :]  # (T, T) bool, True = may attend
+        q = self.q_norm(q)
+        k = self.k_norm(k)
+        att = (q @ k.transpose(-2, -1)) * self.scale
+        att = att.masked_fill(~causal, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        y = att @ v
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Linear(width, 4 * width)
+        self.proj = nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = Attention(width)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = MLP(width)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        x = x + self.mlp(self.ln2(x))
+        return x
+
+
+class Model(nn.Module):
+    def __init__(self, width: int, depth: int):
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, width)
+        self.pos = nn.Embedding(SEQ_LEN, width)
+        self.blocks = nn.ModuleList([Block(width) for _ in range(depth)])
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, VOCAB, bias=False)
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.ln_f(x))
+
+
+def build(width: int, depth: int = 2) -> nn.Module:
+    return Model(width, depth)
+
+
+def example_batch(batch_size: int):
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, VOCAB, (batch_size, SEQ_LEN + 1), generator=g)
+    return (seq[:, :-1].contiguous(),), seq[:, 1:].contiguous()
