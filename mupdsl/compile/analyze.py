@@ -22,7 +22,8 @@ from . import ops
 from .attention import Site, find_sites, softmax_count
 from .blocks import Block, find_blocks
 from .errors import CompileError
-from .graph import KNOWN_LEAVES, is_opaque_function, module_of, param_uses, record_values, scalar_factor, shape
+from .graph import (KNOWN_LEAVES, is_opaque_function, module_of, param_uses, prediction_node, record_values,
+                    scalar_factor, shape)
 
 _DIGITS = re.compile(r"\.\d+(?=\.|$)")
 
@@ -272,9 +273,10 @@ def _callable_name(node: fx.Node) -> str:
 
 
 def _readouts(gm: fx.GraphModule, matrix_ops: set[fx.Node]) -> list[fx.Node]:
-    """Weight ops that reach the output with no other weight op in between."""
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    seen, stack, found = set(), list(output.all_input_nodes), []
+    """Weight ops that reach the prediction (the output tensor, HF's ``logits``, a tuple's first element) with no
+    other weight op in between — not the hidden states a model also returns."""
+    prediction = prediction_node(gm)
+    seen, stack, found = set(), [prediction] if prediction is not None else [], []
     while stack:
         node = stack.pop()
         if node in seen:

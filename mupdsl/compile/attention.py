@@ -20,7 +20,7 @@ import torch
 from torch import fx
 
 from . import ops
-from .graph import scalar, scalar_factor, shape
+from .graph import is_passthrough_module, scalar, scalar_factor, shape
 
 _SLICING = ("getitem", "split", "chunk", "unbind", "narrow", "slice", "select")
 
@@ -84,6 +84,10 @@ class _Walker:
         """Walk an operand of the logits product back to its source, multiplying the constant factors."""
         scale, sliced, nodes, factors = 1.0, False, set(), []
         for _ in range(self.depth):
+            if isinstance(node, fx.Node) and is_passthrough_module(node.graph.owning_module, node):
+                nodes.add(node)
+                node = node.args[0]
+                continue
             if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
                 break
             found = scalar_factor(node)

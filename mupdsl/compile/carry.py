@@ -25,7 +25,8 @@ from torch import fx, nn
 from . import ops
 from .analyze import Analysis
 from .errors import CompileError
-from .graph import module_of, module_returning, output_paths, param_view, returned_by, scalar_factor, shape
+from .graph import (KNOWN_NORMS, is_passthrough_module, module_of, module_returning, output_paths, param_view,
+                    returned_by, scalar_factor, shape)
 from .plan import Carried, OutputScale, Plan, RuntimeMult
 
 @dataclass
@@ -74,6 +75,11 @@ class _Placer:
                 return None  # the value feeds something else too
             if node.op == "call_function" and ops.is_weight_op(node):
                 return self._weight_op_targets(node, targets)
+            if is_passthrough_module(self.gm, node) and node.args and isinstance(node.args[0], fx.Node):
+                node = node.args[0]
+                continue
+            if node.op == "call_module":
+                return self._leaf_norm_targets(node, targets)
             found = scalar_factor(node)
             if found is not None:
                 node = found[0]
@@ -82,10 +88,9 @@ class _Placer:
                 node = node.args[0]
                 continue
             if ops.is_one_of(node, ops.MULS) and len(node.args) == 2:  # a learned scale: g * x (layer scale)
-                views = [param_view(a, self.param_nodes) for a in node.args]
-                scales = [v for v in views if v is not None]
-                if len(scales) == 1 and self.exclusive(scales[0].name):
-                    return targets + [scales[0].name]
+                scales = [name for name in (self._scale_param(a) for a in node.args) if name is not None]
+                if len(scales) == 1 and self.exclusive(scales[0]):
+                    return targets + scales
                 return None
             if ops.is_one_of(node, ops.ADDS) and len(node.args) == 2:  # x @ W + b: the bias scales too
                 views = [param_view(a, self.param_nodes) for a in node.args]
@@ -116,6 +121,37 @@ class _Placer:
             else:
                 break
         return node
+
+    def _scale_param(self, node) -> str | None:
+        """The parameter behind a multiplier operand, through reshapes (``gamma.reshape(1, -1, 1, 1)``)."""
+        while isinstance(node, fx.Node):
+            view = param_view(node, self.param_nodes)
+            if view is not None:
+                return view.name
+            if ops.is_one_of(node, ops.SHAPE_ONLY) and node.args and isinstance(node.args[0], fx.Node) \
+                    and len(node.users) == 1:
+                node = node.args[0]
+            else:
+                return None
+        return None
+
+    def _leaf_norm_targets(self, node: fx.Node, targets: list[str]) -> list[str] | None:
+        """A norm kept as a module call (BatchNorm): its gain and bias scale its output."""
+        module = self.gm.get_submodule(node.target)
+        if not isinstance(module, KNOWN_NORMS) or getattr(module, "weight", None) is None:
+            return None
+        names = []
+        for local in ("weight", "bias"):
+            value = getattr(module, local, None)
+            if value is None:
+                continue
+            name = next((t.name for t in self.analysis.tensors.values() if t.module_level == node.target
+                         and t.name.endswith("." + local)), None)
+            info = self.analysis.tensors.get(name) if name else None
+            if info is None or len(info.uses) != 1 or info.aliases:
+                return None
+            names.append(name)
+        return targets + names
 
     def _weight_op_targets(self, node: fx.Node, targets: list[str]) -> list[str] | None:
         """A weight op's own weights (its weight or gain, and its bias): its output scales with them."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -23,6 +24,9 @@ from . import ops
 
 def module_chain(node: fx.Node) -> list[str]:
     """Qualified names of the modules whose forward computed ``node``, outermost first ('' is the root)."""
+    cached = node.meta.get("mupdsl_chain")
+    if cached is not None:
+        return cached
     stack = node.meta.get("nn_module_stack") or {}
     out = []
     for value in stack.values():
@@ -30,6 +34,7 @@ def module_chain(node: fx.Node) -> list[str]:
         path = _clean(str(path))
         if path and path not in out:
             out.append(path)
+    node.meta["mupdsl_chain"] = out
     return out
 
 
@@ -51,33 +56,55 @@ def in_scope(node: fx.Node, path: str) -> bool:
     return path == "" or path in module_chain(node)
 
 
-def _call_of(graph: fx.Graph, path: str, node: fx.Node) -> list[fx.Node]:
-    """The nodes of the call of module ``path`` that computed ``node``: the run of consecutive nodes in that
-    module's scope around it (a module called twice is two runs; the parameters' get_attr nodes aside)."""
-    nodes = [n for n in graph.nodes if n.op not in ("get_attr", "placeholder")]
-    i = nodes.index(node)
-    start = i
-    while start > 0 and in_scope(nodes[start - 1], path):
-        start -= 1
-    end = i
-    while end + 1 < len(nodes) and in_scope(nodes[end + 1], path):
-        end += 1
-    return nodes[start:end + 1]
+class _Index:
+    """Positions of a graph's computing nodes and, per module, the runs of consecutive nodes in its scope (one run
+    per call), built once per graph."""
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.nodes = [n for n in graph.nodes if n.op not in ("get_attr", "placeholder")]
+        self.position = {n: i for i, n in enumerate(self.nodes)}
+        self.runs: dict[str, list[tuple[int, int]]] = {}
+        self.shapes = has_shapes(graph)
+
+    def run_of(self, path: str, node: fx.Node) -> tuple[int, int]:
+        runs = self.runs.get(path)
+        if runs is None:
+            runs, start = [], None
+            for i, n in enumerate(self.nodes):
+                inside = path in module_chain(n)
+                if inside and start is None:
+                    start = i
+                elif not inside and start is not None:
+                    runs.append((start, i - 1))
+                    start = None
+            if start is not None:
+                runs.append((start, len(self.nodes) - 1))
+            self.runs[path] = runs
+        i = self.position[node]
+        return next(((a, b) for a, b in runs if a <= i <= b), (i, i))
 
 
-def escaping(graph: fx.Graph, path: str, node: fx.Node | None = None) -> list[fx.Node]:
-    """Values computed inside module ``path`` (in the call that computed ``node``, when given) and used outside it
-    (what its forward returns, as far as the graph shows), tensors only where shapes are known."""
-    scope = set(_call_of(graph, path, node)) if node is not None else None
+_INDEXES: "weakref.WeakKeyDictionary[fx.Graph, _Index]" = weakref.WeakKeyDictionary()
+
+
+def _index(graph: fx.Graph) -> _Index:
+    index = _INDEXES.get(graph)
+    if index is None or len(index.position) != sum(1 for n in graph.nodes if n.op not in ("get_attr", "placeholder")):
+        index = _INDEXES[graph] = _Index(graph)
+    return index
+
+
+def escaping(graph: fx.Graph, path: str, node: fx.Node) -> list[fx.Node]:
+    """Values computed inside module ``path``, in the call that computed ``node``, and used outside that call
+    (what the module's forward returns, as far as the graph shows); tensors only, where shapes are known."""
+    index = _index(graph)
+    start, end = index.run_of(path, node)
     out = []
-    for n in graph.nodes:
-        if n.op in ("placeholder", "get_attr", "output") or not in_scope(n, path):
+    for n in index.nodes[start:end + 1]:
+        if n.op == "output":
             continue
-        if scope is not None and n not in scope:
-            continue
-        if any(user.op == "output" or not in_scope(user, path) or (scope is not None and user not in scope
-                                                                    and user.op != "get_attr") for user in n.users):
-            if shape(n) is not None or not has_shapes(graph):
+        if any(u.op == "output" or not start <= index.position.get(u, -1) <= end for u in n.users):
+            if shape(n) is not None or not index.shapes:
                 out.append(n)
     return out
 
@@ -129,6 +156,37 @@ def output_paths(gm: fx.GraphModule, node: fx.Node) -> list[tuple]:
         indices = [i for i, value in enumerate(flat) if value is node]
         return [p for i in indices for p in _find(structure, lambda v, i=i: isinstance(v, int) and v == i)]
     return _find(output.args[0], lambda v: v is node)
+
+
+def prediction_node(gm: fx.GraphModule) -> fx.Node | None:
+    """The node of the model's prediction in its output: the output itself when it is one tensor, the ``logits``
+    entry of a dict or HuggingFace output, else the first element (as :func:`mupdsl.measure.losses.logits_of`
+    reads it)."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    flat = list(output.args[0]) if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    if info is not None and info.out_spec is not None:
+        try:
+            structure = torch.utils._pytree.tree_unflatten(list(range(len(flat))), info.out_spec)
+        except Exception:  # noqa: BLE001 - an output spec we cannot rebuild: the first output
+            structure = 0
+        index = _pick_prediction(structure)
+        return flat[index] if isinstance(index, int) and 0 <= index < len(flat) else None
+    value = _pick_prediction(output.args[0])
+    return value if isinstance(value, fx.Node) else None
+
+
+def _pick_prediction(structure: Any):
+    if isinstance(structure, (fx.Node, int)):
+        return structure
+    if isinstance(structure, dict) or (hasattr(structure, "keys") and hasattr(structure, "__getitem__")):
+        keys = list(structure.keys())
+        if "logits" in keys:
+            return _pick_prediction(structure["logits"])
+        return _pick_prediction(structure[keys[0]]) if keys else None
+    if isinstance(structure, (tuple, list)) and structure:
+        return _pick_prediction(structure[0])
+    return None
 
 
 def _find(structure: Any, match, prefix: tuple = ()) -> list[tuple]:
@@ -362,7 +420,8 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(gm, graph, gm.__class__.__name__)
 
 
-KNOWN_LEAVES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Identity, nn.Dropout)
+KNOWN_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+KNOWN_LEAVES = KNOWN_NORMS + (nn.Identity, nn.Dropout)
 """Leaf modules whose parameters are understood without looking inside (norm gains and biases)."""
 
 
@@ -382,8 +441,61 @@ def opaque_calls(gm: fx.GraphModule) -> list[str]:
 
 
 def is_opaque_function(node: fx.Node) -> bool:
-    """A call to a function the analysis cannot see into (``torch.fx.wrap``-ed code)."""
+    """A call to a function the analysis cannot see into (``torch.fx.wrap``-ed code, torchvision's Swin attention)."""
     if node.op != "call_function":
         return False
     module = getattr(node.target, "__module__", "") or ""
-    return not (module.startswith("torch") or module in ("_operator", "operator", "math", "builtins"))
+    return not (module == "torch" or module.startswith("torch.") or module.startswith("torch._")
+                or module in ("_operator", "operator", "math", "builtins"))
+
+
+def is_passthrough_module(root: nn.Module, node: fx.Node) -> bool:
+    """A leaf call of a module that a constant factor passes through: ``nn.Identity``, dropout, and any leaf
+    without parameters that is homogeneous of degree one on a random input of the recorded shape in eval mode
+    (timm's ``DropPath``: the identity in eval, a per-sample 0-or-1/keep mask in training)."""
+    if node.op == "call_module":
+        try:
+            module = root.get_submodule(node.target)
+        except AttributeError:
+            return False
+        if isinstance(module, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
+            return True
+        if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            return False
+        call = module
+    elif node.op == "call_function" and is_opaque_function(node):   # torchvision's fx-wrapped stochastic_depth
+        call = node.target
+    else:
+        return False
+    tensors = [a for a in node.all_input_nodes]
+    if len(tensors) != 1 or tensors[0] is not node.args[0]:
+        return False
+    if "mupdsl_homogeneous" not in node.meta:
+        node.meta["mupdsl_homogeneous"] = _homogeneous(call, node)
+    return node.meta["mupdsl_homogeneous"]
+
+
+def _homogeneous(call, node: fx.Node) -> bool:
+    """Whether ``call`` (its other arguments as in the graph, eval mode) is homogeneous of degree one in its input:
+    f(2.5 x) = 2.5 f(x) on a random input of the recorded shape."""
+    input_shape = shape(node.args[0])
+    if not input_shape:
+        return False
+    modes = {m: m.training for m in call.modules()} if isinstance(call, nn.Module) else {}
+    try:
+        for m in modes:
+            m.training = False
+        x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
+        rest = tuple(a.meta.get("mupdsl_value") if isinstance(a, fx.Node) else a for a in node.args[1:])
+        kwargs = {k: v for k, v in node.kwargs.items()}
+        if "training" in kwargs:
+            kwargs["training"] = False
+        with torch.no_grad():
+            y, y2 = call(x, *rest, **kwargs), call(2.5 * x, *rest, **kwargs)
+        return isinstance(y, torch.Tensor) and y.shape == x.shape and bool(torch.allclose(y2, 2.5 * y, rtol=1e-6,
+                                                                                          atol=1e-7))
+    except Exception:  # noqa: BLE001 - a call that does not take such an input: not a pass-through
+        return False
+    finally:
+        for m, training in modes.items():
+            m.training = training

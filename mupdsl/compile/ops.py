@@ -175,6 +175,11 @@ def slot_name(node: fx.Node, arg: fx.Node) -> str | None:
     return None
 
 
+def slots(node: fx.Node) -> list[WeightSlot]:
+    """The weight slots of an op (empty for ops that take no weight)."""
+    return [slot for _, slot in _SLOTS.get(node.target, {}).values()] if node.op == "call_function" else []
+
+
 def groups_of(node: fx.Node) -> int:
     index = _GROUPS.get(node.target)
     if index is None:

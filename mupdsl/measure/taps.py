@@ -18,7 +18,8 @@ import torch
 from torch import fx, nn
 
 from ..compile import CompiledModel
-from ..compile.graph import module_of, module_returning
+from ..compile import ops
+from ..compile.graph import KNOWN_NORMS, module_of, module_returning
 from .losses import logits_of
 
 _AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
@@ -72,6 +73,9 @@ def tap_points(compiled: CompiledModel) -> TapPoints:
         found = module_returning(gm.graph, node)
         if found is None:
             return False
+        normalized = _normalized_by(gm, found[1])
+        if normalized is not None:   # a layer feeding a norm: what the network sees is the norm's output
+            found = normalized
         path, value = found
         points.setdefault(path, key(path))
         if any(writes_in_place(u, gm) for u in value.users):
@@ -103,6 +107,18 @@ def _divisor(value: torch.Tensor, factor: float, features: list[int] | None):
     vector = torch.ones(value.shape[-1], dtype=value.dtype, device=value.device)
     vector[torch.as_tensor(features, device=value.device)] = factor
     return vector
+
+
+def _normalized_by(gm: fx.GraphModule, value: fx.Node) -> tuple[str, fx.Node] | None:
+    """(module, value) of the norm that is ``value``'s only consumer (a conv feeding its BatchNorm)."""
+    if len(value.users) != 1:
+        return None
+    user = next(iter(value.users))
+    if user.op == "call_module" and isinstance(gm.get_submodule(user.target), KNOWN_NORMS):
+        return module_returning(gm.graph, user)
+    if user.op == "call_function" and any(s.kind == "norm" for s in ops.slots(user)):
+        return module_returning(gm.graph, user)
+    return None
 
 
 class ModuleTaps:
