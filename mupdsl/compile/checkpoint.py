@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
@@ -21,9 +20,7 @@ import torch
 from . import hooks
 from .compiled import CompiledModel, compile_model
 from .errors import CompileError
-from .plan import Plan
-
-_COMPARED = ("role", "init", "init_std", "mult", "lr", "wd", "eps", "residual", "scaling_dims", "shape")
+from .plan import Plan, plan_differences
 
 
 def _hash(path: Path) -> str | None:
@@ -64,39 +61,6 @@ def save(compiled: CompiledModel, directory) -> Path:
     if centers:
         torch.save(centers[0].initial, directory / "init.pt")
     return directory
-
-
-def plan_differences(saved: Plan, current: Plan) -> list[str]:
-    """What differs between two plans of one model: sizes, optimizer, network settings, per-tensor settings."""
-    out = []
-    for key in ("optimizer", "spec_name"):
-        if getattr(saved, key) != getattr(current, key):
-            out.append(f"{key}: {getattr(saved, key)} -> {getattr(current, key)}")
-    for key, value in saved.network.model_dump().items():
-        new = getattr(current.network, key)
-        if not _same(value, new):
-            out.append(f"network {key}: {value} -> {new}")
-    mine = {t.name: t for t in current.tensors}
-    for t in saved.tensors:
-        other = mine.pop(t.name, None)
-        if other is None:
-            out.append(f"{t.name}: in the checkpoint, not in the model")
-            continue
-        for key in _COMPARED:
-            a, b = getattr(t, key), getattr(other, key)
-            if not _same(a, b):
-                out.append(f"{t.name}: {key} {a} -> {b}")
-    out += [f"{name}: in the model, not in the checkpoint" for name in mine]
-    for a, b in zip(saved.attention, current.attention):
-        if not _same(a.scale, b.scale):
-            out.append(f"attention at {a.node}: scale {a.scale} -> {b.scale}")
-    return out
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
-    return a == b
 
 
 def load_compiled(directory, map_location: str | None = "cpu", *, allow_changed_source: bool = False

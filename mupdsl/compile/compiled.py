@@ -11,6 +11,7 @@ and must agree; a ratio-form spec must be the user's model at the base width (:m
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace as dc_replace
@@ -27,10 +28,12 @@ from .carry import carry
 from .checks import base_identity, compare_outputs, lint
 from .errors import CompileError
 from .factory import ModelFactory, load_factory
-from .graph import copy_graph_module
+from .graph import copy_graph_module, record_values
 from .init_record import InitReplay, build_recording_stds
 from .initialize import initialize, optimizer_for, param_groups
-from .plan import Plan, build_plan
+from .own_init import record_own_init
+from .plan import Plan, build_plan, plan_differences
+from .repeated import expand, find_stack, truncated
 from .rewrite import reference_graph
 from .trace import Traced, trace
 
@@ -53,6 +56,7 @@ class CompiledModel:
     factory: ModelFactory | None = field(default=None, repr=False)
     example_inputs: tuple | None = field(default=None, repr=False)
     _graph: fx.GraphModule | None = field(default=None, repr=False)
+    replan: Callable[[], "CompiledModel"] | None = field(default=None, repr=False)
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -61,7 +65,7 @@ class CompiledModel:
         # hook handles hold weak references, and the analysis graph (torch.export's) may not pickle: the model
         # carries its hooks itself, the plan says everything else
         state = dict(self.__dict__)
-        state.update(handles=[], traced=None, _graph=None)
+        state.update(handles=[], traced=None, _graph=None, replan=None)
         return state
 
     @property
@@ -119,6 +123,26 @@ class CompiledModel:
         if inputs is None:
             raise CompileError("no inputs to verify the compiled model on", hint="pass example inputs")
         params = dict(self.model.named_parameters())
+        if self.replan is not None:   # planned from two blocks of a stack: plan it in full now, and compare
+            with hooks.suspended(self.model):
+                full = self.replan()
+            hooks.remove(self.model)
+            self.handles = hooks.install(self.model, self.plan.runtime)
+            differences = plan_differences(self.plan, full.plan)
+            if differences:
+                raise CompileError("the plan repeated from two blocks differs from the full model's: "
+                                   + "; ".join(differences[:5]), hint="report the model")
+            self.traced, self._graph, self.replan = full.traced, None, None
+            self.plan = self.plan.model_copy(update={"residual_blocks": full.plan.residual_blocks,
+                                                     "attention": full.plan.attention,
+                                                     "output_scales": full.plan.output_scales,
+                                                     "tensors": full.plan.tensors})
+        if self.traced is None or _devices(self.traced.graph_module) != _devices(self.model):
+            # compiled on meta and materialised since (or loaded): the reference is traced again, without the hooks
+            with hooks.suspended(self.model):
+                self.traced = trace(self.model, inputs)
+            record_values(self.traced.graph_module, inputs)
+            self._graph = None
         return _verify(self.model, self.graph, self.plan, params, inputs)
 
     def save(self, directory) -> Any:
@@ -127,6 +151,10 @@ class CompiledModel:
         from .checkpoint import save  # noqa: PLC0415 - checkpoint imports this module
 
         return save(self, directory)
+
+
+def _devices(module: nn.Module) -> set[str]:
+    return {t.device.type for t in (*module.parameters(), *module.buffers())}
 
 
 def _inputs(batch) -> tuple | None:
@@ -200,20 +228,28 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
                   base_inputs: tuple | None, width: int, base_width: int, depth: int, base_depth: int,
                   optimizer: str, seed: int, keep_stds: dict, base_stds: dict, model_name: str, init: bool = True,
                   redraw_defaults: bool = False, verify: bool = True, notes: list[str] | None = None,
-                  base_builder: Callable[[], nn.Module] | None = None) -> CompiledModel:
-    """The shared core of :func:`apply` and :func:`compile_model`: analyse, plan, check, carry, initialise."""
+                  own_inits: dict | None = None, repeat: bool = True) -> CompiledModel:
+    """The shared core of :func:`apply` and :func:`compile_model`: analyse, plan, check, carry, initialise.
+    ``repeat``: a model on meta with a deep stack of identical blocks is planned from two of them
+    (:mod:`~mupdsl.compile.repeated`)."""
     _refuse(model)
     removed = hooks.remove(model)
-    traced = trace(model, inputs)
+    meta = any(p.device.type == "meta" for p in model.parameters())
+    stack = find_stack(model) if meta and repeat else None
+    if stack is not None and find_stack(base) == stack:   # a deep model on meta: plan two blocks, repeat
+        view, base_view, probe_view = (truncated(m, stack[0]) for m in (model, base, probe))
+    else:
+        view, base_view, probe_view, stack = model, base, probe, None
+    traced = trace(view, inputs)
 
     def base_graph():  # the base model's graph: its head dimensions, own attention scales, constants
         try:
-            return trace(base, base_inputs).graph_module
+            return trace(base_view, base_inputs).graph_module
         except CompileError:
             return None
 
     try:
-        analysis = analyze(traced.graph_module, base, probe, traced.leaves, inputs, base_inputs,
+        analysis = analyze(traced.graph_module, base_view, probe_view, traced.leaves, inputs, base_inputs,
                            base_graph if inputs is not None else None)
     except CompileError:
         raise
@@ -228,7 +264,8 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
 
     def plan_at(w: int, bw: int, d: int, bd: int, stds: dict, analysis_: Analysis) -> Plan:
         return build_plan(spec, analysis_, optimizer, model=model_name, frontend=traced.frontend, seed=seed,
-                          width=w, base_width=bw, depth=d, base_depth=bd, keep_stds=stds, base_stds=base_stds)
+                          width=w, base_width=bw, depth=d, base_depth=bd, keep_stds=stds, base_stds=base_stds,
+                          own_inits=own_inits)
 
     plan = plan_at(width, base_width, depth, base_depth, keep_stds, analysis)
     findings = lint(plan, analysis, spec)
@@ -239,11 +276,25 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
                            + "; ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else ""),
                            hint="a ratio-form spec must reduce to the model's own init, one learning rate and no "
                                 "multiplier at the base size; check the rules named")
-    plan = carry(plan, analysis, traced.graph_module, model)
+    plan = carry(plan, analysis, traced.graph_module, view)
     plan = plan.model_copy(update={"warnings": plan.warnings + findings.warnings,
                                    "checks": {"base_identity": outcome}})
-    meta = any(p.device.type == "meta" for p in model.parameters())
+    if stack is not None:
+        expanded = expand(plan, stack[0], stack[1], list(dict.fromkeys(n for n, _ in model.named_parameters())))
+        if expanded is None:   # the blocks were not alike after all: the whole model, traced
+            return apply_plan_to(spec, model, base=base, probe=probe, inputs=inputs, base_inputs=base_inputs,
+                                 width=width, base_width=base_width, depth=depth, base_depth=base_depth,
+                                 optimizer=optimizer, seed=seed, keep_stds=keep_stds, base_stds=base_stds,
+                                 model_name=model_name, init=init, redraw_defaults=redraw_defaults, verify=verify,
+                                 notes=notes, own_inits=own_inits, repeat=False)
+        plan, traced = expanded, None
     compiled = CompiledModel(model, plan, traced=traced, example_inputs=inputs)
+    if stack is not None:   # verify() later plans the materialised model in full and checks it is this plan
+        compiled.replan = lambda: apply_plan_to(
+            spec, model, base=base, probe=probe, inputs=inputs, base_inputs=base_inputs, width=width,
+            base_width=base_width, depth=depth, base_depth=base_depth, optimizer=optimizer, seed=seed,
+            keep_stds=keep_stds, base_stds=base_stds, model_name=model_name, init=False, verify=False,
+            own_inits=own_inits, repeat=False)
     folds = {t.name: t.carried.fold for t in plan.tensors}
     initial = {name: p * folds.get(name, 1.0) for name, p in model.named_parameters()} if plan.network.center else None
     handles = hooks.install(model, plan.runtime, initial)
@@ -315,9 +366,12 @@ def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | Mode
         base, probe = _references(factory, base_width, depth)
         base_batch = _tensor_inputs_to(batch, "meta")
         names = [n for n, _ in net.named_parameters()]
+        own_inits = None
         if meta:
-            keep = {n: _keep_std(net, n) for n in names}
-            base_stds = {n: _keep_std(base, n) for n in names}
+            own_inits = record_own_init(net)
+            base_own = record_own_init(copy.deepcopy(base))
+            keep = {n: own_inits[n].std_of if own_inits.get(n) is not None else None for n in names}
+            base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else None for n in names}
         else:
             keep = {n: own_stds.get(n) for n in names}
             base_own = _base_stds(factory, base_width, depth, seed)
@@ -325,7 +379,7 @@ def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | Mode
         compiled = apply_plan_to(spec, net, base=base, probe=probe, inputs=batch, base_inputs=base_batch, width=width,
                                  base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,
                                  optimizer=optimizer, seed=seed, keep_stds=keep, base_stds=base_stds,
-                                 model_name=str(factory.source), verify=verify)
+                                 model_name=str(factory.source), verify=verify, own_inits=own_inits)
     compiled.init_replay = None if meta else replay
     compiled.factory = factory
     return compiled
@@ -372,11 +426,15 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
         if _shapes(probe) == _shapes(base_model):
             raise CompileError("the model has the base model's shapes: which dims scale with width cannot be told",
                                hint="pass delta= (the model at another width), or a builder as base=")
-        base_stds = {n: _keep_std(base_model, n) if _has(base_model, n) else None for n in names}
-        if any(p.device.type == "meta" for p in base_model.parameters()):
-            notes.append("init stds at the base width assumed PyTorch's defaults (the base model is on meta); pass a "
-                         "builder as base= to read them exactly")
-    keep = {n: _keep_std(model, n) for n in names}
+        if all(p.device.type == "meta" for p in base_model.parameters()):
+            base_own = record_own_init(copy.deepcopy(base_model))
+            base_stds = {n: (base_own[n].std_of if base_own.get(n) is not None else None) for n in names}
+        else:
+            base_stds = {n: _keep_std(base_model, n) if _has(base_model, n) else None for n in names}
+            notes.append("init stds at the base width read as sample stds of the base model's values")
+    own_inits = record_own_init(model) if meta_model else None
+    keep = {n: own_inits[n].std_of if own_inits.get(n) is not None else None for n in names} if meta_model else \
+        {n: _keep_std(model, n) for n in names}
     if width is None or base_width is None:
         width, base_width, why = _infer_width(model, base_model)
         notes.append(why)
@@ -388,7 +446,8 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
     return apply_plan_to(spec, model, base=base_model, probe=probe, inputs=inputs, base_inputs=base_inputs,
                          width=width, base_width=base_width, depth=depth, base_depth=base_depth, optimizer=optimizer,
                          seed=seed, keep_stds=keep, base_stds=base_stds, model_name=type(model).__qualname__,
-                         init=init and not meta_model, redraw_defaults=redraw_defaults, verify=verify, notes=notes)
+                         init=init and not meta_model, redraw_defaults=redraw_defaults, verify=verify, notes=notes,
+                         own_inits=own_inits)
 
 
 def _has(model: nn.Module, name: str) -> bool:

@@ -41,7 +41,7 @@ def _fan(t: torch.Tensor, mode: str) -> int:
     return fan_in if mode == "fan_in" else fan_out
 
 
-def _truncated_std(std: float, a: float, b: float, mean: float) -> float:
+def truncated_std(std: float, a: float, b: float, mean: float) -> float:
     """Std of N(mean, std²) truncated to [a, b]."""
     alpha, beta = (a - mean) / std, (b - mean) / std
     phi = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)  # noqa: E731
@@ -64,7 +64,7 @@ def _init_fn_std(func, args, kwargs) -> float | None | type(...):
     if func is init.uniform_:
         return abs(float(arg(2, "b", 1.0)) - float(arg(1, "a", 0.0))) / math.sqrt(12.0)
     if func is init.trunc_normal_:
-        return _truncated_std(float(arg(2, "std", 1.0)), float(arg(3, "a", -2.0)), float(arg(4, "b", 2.0)),
+        return truncated_std(float(arg(2, "std", 1.0)), float(arg(3, "a", -2.0)), float(arg(4, "b", 2.0)),
                               float(arg(1, "mean", 0.0)))
     if func in (init.constant_, init.zeros_, init.ones_):
         return 0.0

@@ -4,8 +4,8 @@ Every tensor is drawn by its :class:`~mupdsl.compile.plan.Carried` init (the spe
 multipliers in it), from its own generator seeded by ``(seed, name)``: the values do not depend on the order of the
 parameters nor on the caller's random state, and a sharded parameter (an FSDP2 ``DTensor``) gets exactly the values
 the unsharded tensor would get — the full tensor is drawn and each rank keeps its shard. ``keep`` and ``base`` scale
-the model's own init in place; after ``to_empty()`` (a model built on ``meta``) that init is first re-run
-(``reset_parameters`` of the owning module), or drawn from its recorded std where the module has none.
+the model's own init in place; after ``to_empty()`` (a model built on ``meta``) that init is first drawn again
+from its record (:class:`~mupdsl.compile.own_init.OwnInit`, read when the spec was applied on ``meta``).
 """
 
 from __future__ import annotations
@@ -39,15 +39,24 @@ def _is_dtensor(p: torch.Tensor) -> bool:
     return type(p).__name__ == "DTensor" and hasattr(p, "device_mesh")
 
 
-def _draw(p: torch.Tensor, kind: str, scale: float, generator_for) -> None:
-    """Fill ``p`` (plain or sharded) with a draw of ``kind``; a DTensor gets its shard of the full draw."""
+def _fill(p: torch.Tensor, fill, generator_for) -> None:
+    """``fill(tensor, generator)`` on ``p``; a DTensor gets its shard of the full tensor's draw (each rank draws
+    the whole tensor from the same seeded generator and keeps its part, so the values do not depend on the
+    sharding)."""
     if _is_dtensor(p):
         from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415 - only for sharded models
 
-        local_device = p.to_local().device
-        full = torch.empty(p.shape, dtype=p.dtype, device=local_device)
-        _draw(full, kind, scale, generator_for)
+        full = torch.empty(p.shape, dtype=p.dtype, device=p.to_local().device)
+        fill(full, generator_for(full.device))
         p.copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None))
+        return
+    fill(p, generator_for(p.device))
+
+
+def _draw(p: torch.Tensor, kind: str, scale: float, generator_for) -> None:
+    """Fill ``p`` (plain or sharded) with a draw of ``kind``."""
+    if _is_dtensor(p):
+        _fill(p, lambda t, g: _draw(t, kind, scale, lambda device: g), generator_for)
         return
     if kind == "normal":
         p.normal_(0.0, scale, generator=generator_for(p.device))
@@ -60,18 +69,12 @@ def _draw(p: torch.Tensor, kind: str, scale: float, generator_for) -> None:
         p.fill_(scale)
 
 
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    owner_name, _, local = name.rpartition(".")
-    return (model.get_submodule(owner_name) if owner_name else model), local
-
-
 @torch.no_grad()
 def initialize(model: nn.Module, plan: Plan, seed: int = 0, *, redraw_defaults: bool = False) -> list[str]:
     """Draw every parameter of ``model`` by the plan's carried init, in place. ``redraw_defaults``: the model's
-    own init is gone (``to_empty()`` after a ``meta`` build), so ``keep``/``base`` re-run it first. Returns notes
-    (tensors whose own init had to be approximated)."""
+    own init is gone (``to_empty()`` after a ``meta`` build), so ``keep``/``base`` tensors are drawn from their
+    recorded own init first (:mod:`~mupdsl.compile.own_init`). Returns notes."""
     notes: list[str] = []
-    reset: set[int] = set()
     for t in plan.tensors:
         p = model.get_parameter(t.name)
         if p.device.type == "meta":
@@ -86,27 +89,15 @@ def initialize(model: nn.Module, plan: Plan, seed: int = 0, *, redraw_defaults: 
         if t.init == "base" and t.default_std and t.base_std is not None and t.base_std != t.default_std:
             factor *= t.base_std / t.default_std
         if redraw_defaults:
-            owner, _ = _owner(model, t.name)
-            if hasattr(owner, "reset_parameters") and id(owner) not in reset:
-                _seeded_reset(owner, seed, t.name)
-                reset.add(id(owner))
-            elif id(owner) not in reset:
-                std = t.default_std or 0.0
-                _draw(p, "normal", std, generator_for)
-                notes.append(f"{t.name}: the model's own init redrawn as N(0, {std:.4g}²) (its module has no "
-                             "reset_parameters)")
+            if t.own_init is None:
+                raise CompileError(f"{t.name}: its rule keeps the model's own init ({t.init}), which was not recorded "
+                                   "(a model built with values, or an init the recorder does not read)",
+                                   hint="apply the spec to the model while it is on meta, or give the tensor an "
+                                        "explicit init (normal(std = …), zero, const(value = …))")
+            _fill(p, t.own_init.draw, generator_for)
         if factor != 1.0:
             p.mul_(factor)
     return notes
-
-
-def _seeded_reset(module: nn.Module, seed: int, name: str) -> None:
-    state = torch.random.get_rng_state()
-    torch.manual_seed(tensor_seed(seed, name))
-    try:
-        module.reset_parameters()
-    finally:
-        torch.random.set_rng_state(state)
 
 
 def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from ..spec.resolve import SECTION_RANK, most_specific_rule, network, resolve_se
 from .analyze import Analysis, TensorInfo
 from .errors import CompileError
 from .graph import module_of
+from .own_init import OwnInit
 
 
 class Carried(BaseModel):
@@ -74,6 +75,9 @@ class TensorPlan(BaseModel):
     unused: bool = False
     """The model's forward never reads the tensor; it gets its rule all the same."""
     carried: Carried | None = None
+    own_init: OwnInit | None = None
+    """The model's own init of the tensor (recorded on ``meta``), which ``keep``/``base`` re-draw after
+    ``to_empty()``."""
 
 
 class RuntimeMult(BaseModel):
@@ -204,7 +208,7 @@ def _value(m: Monomial | None, sizes: dict[str, float], what: str, name: str) ->
 
 def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, frontend: str, seed: int, width: int,
                base_width: int, depth: int, base_depth: int, keep_stds: dict[str, float | None],
-               base_stds: dict[str, float | None]) -> Plan:
+               base_stds: dict[str, float | None], own_inits: dict[str, OwnInit | None] | None = None) -> Plan:
     net = network(spec, optimizer)
     d_head = analysis.attention[0].d_head if analysis.attention else 1
     base_d_head = analysis.attention[0].base_d_head if analysis.attention else 1
@@ -264,7 +268,7 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
             rule=best or (f"{winners[0].pos.path}:{winners[0].pos.line}" if winners else ""),
             rules={k: f"{s.pos.path}:{s.pos.line}" for k, s in settings.items()},
             tied_to=info.aliases, use_mults=use_mults, module_level=info.module_level, guessed=info.guessed,
-            unused=info.unused))
+            unused=info.unused, own_init=(own_inits or {}).get(info.name)))
     _warn_unmatched_globs(spec, optimizer, analysis, warnings)
     attention = []
     for site in analysis.attention:
@@ -311,6 +315,42 @@ def _warn_unmatched_globs(spec: Spec, optimizer: str, analysis: Analysis, warnin
             warnings.append(f"{rule.pos}: rule {rule.selector} matches no tensor of this model")
 
 
+_COMPARED = ("role", "init", "init_std", "mult", "lr", "wd", "eps", "residual", "scaling_dims", "shape")
+
+
+def plan_differences(saved: Plan, current: Plan) -> list[str]:
+    """What differs between two plans of one model: sizes, optimizer, network settings, per-tensor settings."""
+    out = []
+    for key in ("optimizer", "spec_name"):
+        if getattr(saved, key) != getattr(current, key):
+            out.append(f"{key}: {getattr(saved, key)} -> {getattr(current, key)}")
+    for key, value in saved.network.model_dump().items():
+        new = getattr(current.network, key)
+        if not _same(value, new):
+            out.append(f"network {key}: {value} -> {new}")
+    mine = {t.name: t for t in current.tensors}
+    for t in saved.tensors:
+        other = mine.pop(t.name, None)
+        if other is None:
+            out.append(f"{t.name}: in the checkpoint, not in the model")
+            continue
+        for key in _COMPARED:
+            a, b = getattr(t, key), getattr(other, key)
+            if not _same(a, b):
+                out.append(f"{t.name}: {key} {a} -> {b}")
+    out += [f"{name}: in the model, not in the checkpoint" for name in mine]
+    for a, b in zip(saved.attention, current.attention):
+        if not _same(a.scale, b.scale):
+            out.append(f"attention at {a.node}: scale {a.scale} -> {b.scale}")
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+    return a == b
+
+
 __all__ = ["AttentionPlan", "BlockPlan", "BranchPlan", "Carried", "NetworkPlan", "OutputScale", "Plan", "RuntimeMult",
            "TensorPlan",
-           "build_plan", "resolve_settings"]
+           "build_plan", "plan_differences", "resolve_settings"]
