@@ -151,9 +151,10 @@ def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[
         scaling = [i for i, (x, y) in enumerate(zip(b, p)) if x != y]
         if slot is not None:
             groups = ops.groups_of(user) if user is not None else 1
-            fan_in, fan_out = slot.fans(value_shape, groups)
-            bfi, bfo = slot.fans(b, groups)
-            pfi, pfo = slot.fans(p, groups)
+            stride = ops.stride_of(user) if user is not None and slot.kind == "conv_transpose" else ()
+            fan_in, fan_out = slot.fans(value_shape, groups, stride)
+            bfi, bfo = slot.fans(b, groups, stride)
+            pfi, pfo = slot.fans(p, groups, stride)
             if slot.kind in ("bias", "norm"):
                 role = slot.kind
             elif slot.kind == "embedding":

@@ -137,12 +137,13 @@ class CompiledModel:
                                                      "attention": full.plan.attention,
                                                      "output_scales": full.plan.output_scales,
                                                      "tensors": full.plan.tensors})
-        if self.traced is None or _devices(self.traced.graph_module) != _devices(self.model):
+        if self.traced is None or _devices(self.traced.graph_module) != _devices(self.model) or \
+                _shapes_of(inputs) != _shapes_of(self.example_inputs):
             # compiled on meta and materialised since (or loaded): the reference is traced again, without the hooks
             with hooks.suspended(self.model):
                 self.traced = trace(self.model, inputs)
             record_values(self.traced.graph_module, inputs)
-            self._graph = None
+            self._graph, self.example_inputs = None, inputs
         return _verify(self.model, self.graph, self.plan, params, inputs)
 
     def save(self, directory) -> Any:
@@ -151,6 +152,10 @@ class CompiledModel:
         from .checkpoint import save  # noqa: PLC0415 - checkpoint imports this module
 
         return save(self, directory)
+
+
+def _shapes_of(inputs) -> list:
+    return [tuple(t.shape) if isinstance(t, torch.Tensor) else t for t in torch.utils._pytree.tree_leaves(inputs)]
 
 
 def _devices(module: nn.Module) -> set[str]:
@@ -235,6 +240,8 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
     _refuse(model)
     removed = hooks.remove(model)
     meta = any(p.device.type == "meta" for p in model.parameters())
+    at_base = width == base_width and depth == base_depth and inputs is not None and not meta and init
+    own_output = _run_eval(model, inputs) if at_base else None   # TP5 Eq. 4: checked after the plan is applied
     stack = find_stack(model) if meta and repeat else None
     if stack is not None and find_stack(base) == stack:   # a deep model on meta: plan two blocks, repeat
         view, base_view, probe_view = (truncated(m, stack[0]) for m in (model, base, probe))
@@ -315,7 +322,28 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
     if init and not meta:
         plan.warnings.extend(initialize(model, plan, seed, redraw_defaults=redraw_defaults))
         compiled._reset_center()
+    if own_output is not None and outcome == "passed":
+        worst, where = compare_outputs(own_output, _run_eval(model, inputs))
+        if worst > VERIFY_TOLERANCE:
+            hooks.remove(model)
+            raise CompileError(f"{spec.name} at the base width is not the user's model (TP5 Eq. 4): its {where} "
+                               f"differs from the model's own by {worst:.3g} (relative)",
+                               hint="report the model with the plan (mupdsl compile --json)")
+        plan.checks["base_identity"] = f"passed: at the base width the outputs are the model's own (largest " \
+                                       f"relative difference {worst:.2g})"
     return compiled
+
+
+def _run_eval(model: nn.Module, inputs: tuple):
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+        return torch.utils._pytree.tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, out)
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def _at_base(analysis: Analysis) -> Analysis:
@@ -430,11 +458,11 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
             base_own = record_own_init(copy.deepcopy(base_model))
             base_stds = {n: (base_own[n].std_of if base_own.get(n) is not None else None) for n in names}
         else:
-            base_stds = {n: _keep_std(base_model, n) if _has(base_model, n) else None for n in names}
-            notes.append("init stds at the base width read as sample stds of the base model's values")
-    own_inits = record_own_init(model) if meta_model else None
-    keep = {n: own_inits[n].std_of if own_inits.get(n) is not None else None for n in names} if meta_model else \
-        {n: _keep_std(model, n) for n in names}
+            base_own = record_own_init(base_model)
+            base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else
+                         (_keep_std(base_model, n) if _has(base_model, n) else None) for n in names}
+    own_inits = record_own_init(model)   # on a meta skeleton when the model has values
+    keep = {n: own_inits[n].std_of if own_inits.get(n) is not None else _keep_std(model, n) for n in names}
     if width is None or base_width is None:
         width, base_width, why = _infer_width(model, base_model)
         notes.append(why)

@@ -27,7 +27,7 @@ class WeightSlot:
     kind: str  # "linear" | "conv" | "conv_transpose" | "embedding" | "matmul_right" | "matmul_left" | "bias" | "norm"
     matrix_like: bool
 
-    def fans(self, shape: tuple[int, ...], groups: int = 1) -> tuple[int, int]:
+    def fans(self, shape: tuple[int, ...], groups: int = 1, stride: tuple[int, ...] = ()) -> tuple[int, int]:
         if not shape:
             return 1, 1
         if self.kind in ("linear", "matmul_left"):
@@ -35,9 +35,13 @@ class WeightSlot:
         if self.kind == "conv":
             receptive = math.prod(shape[2:])
             return shape[1] * receptive, shape[0] * receptive
-        if self.kind == "conv_transpose":  # [in, out / groups, *kernel]: each output sums in / groups inputs
-            receptive = math.prod(shape[2:])
-            return max(shape[0] // max(groups, 1), 1) * receptive, shape[1] * max(groups, 1) * receptive
+        if self.kind == "conv_transpose":
+            # [in, out / groups, *kernel]: an output pixel sums in / groups channels over ceil(k / stride) taps
+            # per dimension (one tap when the stride equals the kernel); it spreads each input over the kernel
+            kernel = shape[2:]
+            steps = tuple(stride) + (1,) * (len(kernel) - len(stride)) if stride else (1,) * len(kernel)
+            taps = math.prod(-(-k // max(s, 1)) for k, s in zip(kernel, steps))
+            return max(shape[0] // max(groups, 1), 1) * taps, shape[1] * max(groups, 1) * math.prod(kernel)
         if self.kind == "embedding":
             return shape[0], shape[1] if len(shape) > 1 else 1
         if self.kind == "matmul_right":
@@ -178,6 +182,16 @@ def slot_name(node: fx.Node, arg: fx.Node) -> str | None:
 def slots(node: fx.Node) -> list[WeightSlot]:
     """The weight slots of an op (empty for ops that take no weight)."""
     return [slot for _, slot in _SLOTS.get(node.target, {}).values()] if node.op == "call_function" else []
+
+
+def stride_of(node: fx.Node) -> tuple[int, ...]:
+    """The stride of a (transposed) convolution op, where it is an argument."""
+    if node.op != "call_function" or node.target not in _GROUPS:
+        return ()
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("stride", 1)
+    if isinstance(value, int):
+        return (value,)
+    return tuple(v for v in value if isinstance(v, int)) if isinstance(value, (tuple, list)) else ()
 
 
 def groups_of(node: fx.Node) -> int:

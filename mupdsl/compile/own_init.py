@@ -11,6 +11,7 @@ re-draws the parameter (per tensor, seeded; shard by shard for an FSDP2 ``DTenso
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, Literal
 
@@ -130,11 +131,22 @@ def default_routine(model: nn.Module) -> Callable[[], Any]:
     return lambda: [m.reset_parameters() for m in model.modules() if hasattr(m, "reset_parameters")]
 
 
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every parameter and buffer on ``meta`` (the modules copied, no values): what the
+    init routine of a model that has values can be run on without touching them."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
 def record_own_init(model: nn.Module, routine: Callable[[], Any] | None = None) -> dict[str, OwnInit | None]:
-    """Run the model's init routine and record, per parameter name, its last init call. Only for a model on
-    ``meta`` (nothing is drawn) — a model with values would be re-initialised."""
+    """Run the model's init routine and record, per parameter name, its last init call. A model with values is
+    read through a :func:`meta_skeleton` (nothing is drawn, its values stay)."""
     if any(p.device.type != "meta" for p in model.parameters()):
-        raise ValueError("record_own_init re-runs the model's init: only for a model on the meta device")
+        return record_own_init(meta_skeleton(model), routine)
     names = {}
     for name, p in model.named_parameters():
         names.setdefault(id(p), name)
