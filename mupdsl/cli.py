@@ -223,7 +223,7 @@ def _fmt_num(value: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON to this file.")
 @click.option("--emit-code", type=click.Path(dir_okay=False), default=None,
-              help="Write the rewritten forward() as Python source.")
+              help="Write the reference forward() (the traced model with every multiplier written out) as Python.")
 def compile_cmd(spec, model, width, base_width, depth, base_depth, optimizer, sets, seed, meta, as_json, out,
                 emit_code) -> None:
     """Compile SPEC onto MODEL (model.py, model.py:Name or package.module[:name]) and show the plan."""
@@ -257,27 +257,38 @@ def compile_cmd(spec, model, width, base_width, depth, base_depth, optimizer, se
 def _print_plan(plan, elapsed: float) -> None:
     net = plan.network
     title = (f"{plan.spec_name} on {plan.model} — {plan.optimizer}, width {net.width} (base {net.base_width}), "
-             f"depth {net.depth} (base {net.base_depth}), traced with {plan.frontend} in {elapsed:.2f} s")
+             f"depth {net.depth} (base {net.base_depth}), analysed with {plan.frontend} in {elapsed:.2f} s")
     table = Table(title=title, title_justify="left")
-    for col in ("tensor", "shape", "role", "scaling", "init", "init std", "mult", "lr", "wd", "eps", "rule"):
+    for col in ("tensor", "shape", "role", "scaling", "init", "init std", "mult", "lr", "wd", "eps", "carried", "rule"):
         table.add_column(col, overflow="fold")
     for t in plan.tensors:
         role = t.role + (" (res)" if t.residual else "") + (f" = {', '.join(t.tied_to)}" if t.tied_to else "")
         mult = _fmt_num(t.mult) + ("".join(f" / {_fmt_num(m)} as readout" for n, m in t.use_mults.items()
                                            if m != t.mult))
+        c = t.carried
+        carried = "as is" if c is None or c.fold == 1.0 else f"W = {_fmt_num(c.fold)}·w: lr {_fmt_num(c.lr)}" + (
+            f", eps {_fmt_num(c.eps)}" if c.eps is not None else "")
         table.add_row(t.name, "×".join(map(str, t.shape)), role, ",".join(map(str, t.scaling_dims)) or "-",
-                      t.init, _fmt_num(t.init_std), mult, _fmt_num(t.lr), _fmt_num(t.wd), _fmt_num(t.eps), t.rule)
+                      t.init, _fmt_num(t.init_std), mult, _fmt_num(t.lr), _fmt_num(t.wd), _fmt_num(t.eps), carried,
+                      t.rule)
     out().print(table)
     out().print(f"  network: gamma = {net.gamma:.4g}, tau = {net.tau:g}, alpha = {net.alpha:g}, "
-                f"branch = {net.branch:.4g}, attention = {_fmt_num(net.attention_scale)}, center = {net.center}")
+                f"branch = {net.branch:.4g}, center = {net.center}")
     for b in plan.residual_blocks:
-        out().print(f"  residual block at {b.node}: skip {b.skip}, branch {b.branch}, k = {b.k}, {len(b.params)} tensors")
+        out().print(f"  residual sum at {b.node} ({b.module or 'model'}): skip {b.skip}, "
+                    + ", ".join(f"branch {br.node} (k = {br.k})" + (f": {br.carried_by}" if br.carried_by else "")
+                                for br in b.branches))
     for a in plan.attention:
-        out().print(f"  attention at {a.node} ({a.kind}): d_head {a.d_head} (base {a.base_d_head}), "
-                    f"scale {_fmt_num(a.scale)}")
+        out().print(f"  attention at {a.node} ({a.kind}, {a.module or 'model'}): d_head {a.d_head} (base {a.base_d_head}),"
+                    f" the model's scale {_fmt_num(a.own_scale)} -> {_fmt_num(a.scale)}: {a.carried_by}")
     out().print(f"  readout: {', '.join(plan.readouts) or 'none found'}")
+    for m in plan.runtime:
+        out().print(f"  runtime: {m.kind} × {_fmt_num(m.factor)} on {m.module or 'the model'}"
+                    + (f" ({len(m.features)} features)" if m.features else "") + f" — {m.reason}")
     if plan.leaves:
-        out().print(f"  untraceable submodules kept whole (module-level multipliers): {', '.join(plan.leaves)}")
+        out().print(f"  untraceable submodules kept whole: {', '.join(plan.leaves)}")
+    for key, value in plan.checks.items():
+        out().print(f"  check {key}: {value}")
 
 
 def _widths(text: str) -> tuple[int, ...]:

@@ -287,3 +287,31 @@ def test_batched_seeds_give_the_records_of_seeds_one_by_one(model, optimizer):
             if stat in r:
                 assert a[k][stat] == pytest.approx(r[stat], rel=1e-4, abs=1e-7), (k, stat)
     assert together.verdict == alone.verdict
+
+
+def test_marginal_failures_over_three_widths_are_undecided():
+    from mupdsl.measure.coord import marginal
+
+    def f(key, slope, diverged=False):
+        return {"key": key, "slope": slope, "diverged": diverged}
+    assert marginal([f("bert.q", -0.3), f("bert.q", -0.34)], 0.25, 3) == ["bert.q"]   # a fourth width decides
+    assert marginal([f("a", -0.3), f("b", -0.9)], 0.25, 3) == []    # one clear failure decides
+    assert marginal([f("a", -0.3)], 0.25, 4) == []                   # four widths have a tail slope
+    assert marginal([f("a", -0.3)], 0.25, 2) == []                   # two widths: a smoke test, as asked
+    assert marginal([f("a", 0.3, diverged=True)], 0.25, 3) == []
+
+
+def test_a_model_file_imports_its_siblings(tmp_path):
+    (tmp_path / "parts.py").write_text("from torch import nn\n\ndef mlp(width):\n"
+                                       "    return nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 4))\n")
+    (tmp_path / "net.py").write_text("import torch\nfrom parts import mlp\n\ndef build(width):\n    return mlp(width)\n\n"
+                                     "def example_batch(n):\n    return torch.randn(n, 8), torch.randint(0, 4, (n,))\n")
+    result = coordcheck("mup", str(tmp_path / "net.py"), widths=(16, 32), seeds=1, steps=1, batch_size=4)
+    assert result.verdict in ("PASS", "FAIL")
+
+
+def test_a_tuple_output_whose_first_element_is_not_the_prediction_gets_a_hint():
+    from mupdsl.measure.losses import task_loss
+    hidden, logits = torch.randn(4, 7, 32), torch.randn(4, 7, 10)
+    with pytest.raises(ValueError, match="first element of its tuple output.*Return the logits"):
+        task_loss((hidden.reshape(4, 224), logits), torch.zeros(28, dtype=torch.long))

@@ -209,6 +209,24 @@ def test_plan_on_meta_equals_plan_with_values():
     assert plan_differences(real.plan, meta.plan) == []
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (same root as above): apply() to a GPT built with values, base on meta, reads both own inits by re-running "
+    "reset_parameters() on meta, so tok.weight's default and base stds are the head Linear's kaiming stds at 64 and "
+    "32 (0.072, 0.102): the 'base' rule rescales the tied embedding by 0.102/0.072 = sqrt(2) (std 0.028, where µP "
+    "and compile_model() keep the width-independent 0.02), and the plan reports init_std 0.102 (tok) and 1.0 (pos) "
+    "for tensors whose values have std 0.028 and 0.02"))
+def test_apply_with_a_meta_base_plans_as_compile_model(x_y):
+    x, _ = x_y
+    real = _gpt()
+    torch.manual_seed(0)
+    model = gpt.build(64, 2)
+    with torch.device("meta"):
+        base = gpt.build(32, 2)
+    compiled = apply("mup", model, base=base, example_inputs=(x,), optimizer="adam")
+    assert float(model.tok.weight.detach().std()) == pytest.approx(float(real.model.tok.weight.detach().std()), rel=0.05)
+    assert plan_differences(real.plan, compiled.plan) == []
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 3. Activation checkpointing
 
@@ -225,9 +243,12 @@ def test_activation_checkpointing_of_the_users_blocks(x_y):
     model = compiled.model
     for block in model.blocks:   # the block's own forward, checkpointed (instance attribute: keys unchanged)
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    calls = []
+    model.blocks[0].attn.q.register_forward_hook(lambda *_: calls.append(1))
     loss, expected = _loss(model, x, y), _loss(plain, x, y)
     loss.backward()
     expected.backward()
+    assert len(calls) == 2   # the forward and its recompute in the backward
     assert torch.equal(loss, expected)
     got, want = _grads(model), _grads(plain)
     assert got.keys() == want.keys() == {n for n, _ in model.named_parameters()}
@@ -236,11 +257,14 @@ def test_activation_checkpointing_of_the_users_blocks(x_y):
     assert hooks.installed(model) and set(model.state_dict()) == set(plain.state_dict())
 
 
-transformers = pytest.importorskip("transformers")
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+try:
+    from transformers import GPT2Config, GPT2LMHeadModel
+except ImportError:   # the HuggingFace tests skip; the rest of the file runs
+    GPT2Config = GPT2LMHeadModel = None
+needs_hf = pytest.mark.skipif(GPT2LMHeadModel is None, reason="needs transformers")
 
 
-def _gpt2_config(width: int) -> GPT2Config:
+def _gpt2_config(width: int):
     return GPT2Config(n_embd=width, n_layer=2, n_head=4, vocab_size=64, n_positions=32, use_cache=False,
                       bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
@@ -259,6 +283,7 @@ def ids():
     return torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
 
 
+@needs_hf
 def test_huggingface_gradient_checkpointing_reruns_the_hooks_in_the_blocks(ids):
     """GPT-2's fused c_attn carries the attention scale change as a hook on its query features, inside the
     blocks HuggingFace checkpoints: with checkpointing on, the same loss and gradients."""
@@ -266,10 +291,16 @@ def test_huggingface_gradient_checkpointing_reruns_the_hooks_in_the_blocks(ids):
     assert any(m.module.endswith("attn.c_attn") and m.features for m in compiled.plan.runtime)
     model = compiled.model.train()
     plain = copy.deepcopy(model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.x; the older name is deprecated
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    model.transformer.h[0].attn.c_attn.register_forward_hook(lambda *_: calls.append(1))
     loss, expected = model(input_ids=ids, labels=ids).loss, plain(input_ids=ids, labels=ids).loss
     loss.backward()
     expected.backward()
+    assert len(calls) == 2   # recomputed in the backward, with mupdsl's hook on it (registered first)
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
     got, want = _grads(model), _grads(plain)
     assert got.keys() == want.keys()
@@ -293,19 +324,36 @@ def test_torch_compile_matches_eager_outputs_and_a_training_step(x_y):
         with hooks.suspended(eager):   # the readout hook (× 0.5) is in the compiled graph
             assert not torch.allclose(out, eager(x), rtol=1e-2, atol=1e-3)
     opt_fast, opt_eager = compiled.optimizer(), optimizer_for(eager, compiled.plan)
+    losses = []
     for model, opt in ((fast, opt_fast), (eager, opt_eager)):
         opt.zero_grad()
-        _loss(model, x, y).backward()
-        opt.step()
+        loss = _loss(model, x, y)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    grads = {}
     for name, p in eager.named_parameters():
-        if name.endswith(ZERO_GRADIENT):   # rounding noise × Adam's 1/ε (see ZERO_GRADIENT)
+        grads[name] = p.grad.clone()
+        if name.endswith(ZERO_GRADIENT):   # pure rounding noise (see ZERO_GRADIENT)
             continue
-        torch.testing.assert_close(compiled.model.get_parameter(name), p, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(compiled.model.get_parameter(name).grad, p.grad, rtol=0,
+                                   atol=1e-5 * float(p.grad.abs().max()), msg=name)
+    opt_fast.step()
+    opt_eager.step()
+    # Adam's first step is lr·g/(|g| + ε), ε = 5e-9: coordinates with |g| near ε (seen: |g| ~ 1e-9 in a few) turn
+    # inductor's different rounding of g into steps that differ by up to ~lr; every coordinate whose gradient is
+    # well above ε and rounding takes the same step to 1e-5
+    for name, p in eager.named_parameters():
+        sure = grads[name].abs() > 1e-6
+        assert sure.float().mean() > 0.5 or name.endswith(ZERO_GRADIENT), name
+        torch.testing.assert_close(compiled.model.get_parameter(name)[sure], p[sure], rtol=0, atol=1e-5, msg=name)
     with torch.no_grad():
-        torch.testing.assert_close(fast(x), eager(x), rtol=1e-5, atol=1e-5)
+        after, expected = fast(x), eager(x)
+    assert float((after - expected).abs().max() / expected.abs().max()) < 1e-4
 
 
 @pytest.mark.slow
+@needs_hf
 def test_torch_compile_after_apply_and_not_before(ids):
     """``apply`` first (its hooks registered), then ``torch.compile``: outputs match eager, the c_attn feature
     hooks included. ``apply`` on a ``torch.compile`` wrapper is refused (dynamo would not see hooks added later)."""
@@ -340,6 +388,7 @@ def test_bf16_autocast(x_y):
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@needs_hf
 def test_bf16_autocast_feature_hooks_stay_bf16(ids):
     """GPT-2's per-feature hook on c_attn keeps its factor vector per dtype: under autocast c_attn's scaled
     output stays bf16, and the logits are close to float32's."""
@@ -362,6 +411,7 @@ def test_bf16_autocast_feature_hooks_stay_bf16(ids):
 # 6. HuggingFace Trainer and save_pretrained / from_pretrained
 
 
+@needs_hf
 def test_huggingface_trainer_and_save_pretrained_round_trip(ids, tmp_path):
     from transformers import Trainer, TrainingArguments
 
@@ -398,7 +448,7 @@ def test_huggingface_trainer_and_save_pretrained_round_trip(ids, tmp_path):
         ours.append(loss.item())
     theirs = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     ratios = [a / b for a, b in zip(theirs, ours)]
-    assert len(ratios) == 3 and ratios == pytest.approx([ratios[0]] * 3, rel=1e-5), (theirs, ours)
+    assert len(ratios) == 3 and ratios == pytest.approx([ratios[0]] * 3, rel=1e-4), (theirs, ours)
 
     model.save_pretrained(tmp_path / "saved")
     loaded = GPT2LMHeadModel.from_pretrained(tmp_path / "saved")

@@ -59,6 +59,9 @@ def _import_path(path: Path) -> ModuleType:
         raise CompileError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:   # a model file imports its siblings as a script run from its folder would
+        sys.path.append(folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001

@@ -27,5 +27,18 @@ def task_loss(out: Any, targets: torch.Tensor, kind: str = "auto") -> torch.Tens
     if kind == "auto":
         kind = "mse" if targets.is_floating_point() else "ce"
     if kind == "ce":
+        if pred.numel() // max(pred.shape[-1], 1) != targets.numel():
+            raise ValueError(
+                f"the model's prediction ({_what(out)}, shape {tuple(pred.shape)}) does not match the targets (shape "
+                f"{tuple(targets.shape)}): cross-entropy takes one row of class scores per target. Return the logits "
+                "(first, when the model returns a tuple), or a dict / HuggingFace output with 'logits'")
         return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), targets.reshape(-1))
     return F.mse_loss(pred.reshape(targets.shape) if pred.numel() == targets.numel() else pred, targets)
+
+
+def _what(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return "its output"
+    if hasattr(out, "logits") or isinstance(out, dict):
+        return "its 'logits'"
+    return f"the first element of its {type(out).__name__} output"
