@@ -27,6 +27,12 @@ from mupdsl.compile.initialize import optimizer_for
 from mupdsl.compile.plan import plan_differences
 from mupdsl.models import gpt
 
+try:
+    from transformers import GPT2Config, GPT2LMHeadModel
+except ImportError:   # the HuggingFace tests skip; the rest of the file runs
+    GPT2Config = GPT2LMHeadModel = None
+needs_hf = pytest.mark.skipif(GPT2LMHeadModel is None, reason="needs transformers")
+
 ZERO_GRADIENT = ("attn.k.bias",)
 """Parameters whose true gradient is exactly zero: the key bias adds q·b_k to every logit of a query's row, and the
 softmax is shift-invariant along that row. In float32 their computed gradient is rounding noise (~1e-10), which
@@ -104,7 +110,7 @@ def ddp_ranks(tmp_path_factory):
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 def test_ddp_equals_single_process_training(ddp_ranks, references, dtype):
     """2 processes × half the global batch under DDP, 3 Adam steps with the plan's optimizer = 1 process, the
-    whole batch: the head's readout hook runs inside DDP's forward and the per-group lrs/ε are the plan's."""
+    whole batch: the head's readout hook runs inside DDP's forward and the per-group lrs are the plan's."""
     _compare_training([r[dtype] for r in ddp_ranks], references[dtype], dtype)
 
 
@@ -196,6 +202,39 @@ def test_initialize_after_to_empty_keeps_a_tied_readout():
     assert {n for n, _ in model.named_parameters()} <= names
 
 
+@needs_hf
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: initialize(redraw_defaults=True) after to_empty() redraws parameters only; a buffer the model computes in "
+    "__init__ (LlamaRotaryEmbedding's inv_freq / original_inv_freq) keeps to_empty's uninitialised memory (seen "
+    "4.6e31), silently (no note, and verify() passes: its re-traced reference reads the same buffers). It should "
+    "re-create such buffers (e.g. from a fresh build on CPU of the module that owns them), or say it cannot"))
+def test_initialize_after_to_empty_restores_computed_buffers():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def config(width):
+        return LlamaConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=4, vocab_size=64, max_position_embeddings=32, use_cache=False,
+                           bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.device("meta"):
+        model, base = LlamaForCausalLM(config(64)), LlamaForCausalLM(config(32))
+    plan = apply("mup", model, base=base, example_inputs=(ids,), optimizer="adam").plan
+    model.to_empty(device="cpu")
+    with torch.no_grad():   # to_empty's memory is uninitialised: made NaN here so that the test is deterministic
+        for buffer in model.buffers():
+            buffer.fill_(float("nan"))
+    try:
+        notes = initialize(model, plan, seed=0, redraw_defaults=True)
+    except CompileError:
+        return   # refusing is a fix too
+    if any("inv_freq" in note for note in notes):
+        return   # so is saying so
+    fresh = dict(LlamaForCausalLM(config(64)).named_buffers())
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, fresh[name]), name
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "BUG: on meta the model's own init is read by re-running each module's reset_parameters() "
     "(own_init.record_own_init), which misses the init the model's __init__ does itself (gpt.GPT: "
@@ -255,13 +294,6 @@ def test_activation_checkpointing_of_the_users_blocks(x_y):
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-8, msg=name)
     assert hooks.installed(model) and set(model.state_dict()) == set(plain.state_dict())
-
-
-try:
-    from transformers import GPT2Config, GPT2LMHeadModel
-except ImportError:   # the HuggingFace tests skip; the rest of the file runs
-    GPT2Config = GPT2LMHeadModel = None
-needs_hf = pytest.mark.skipif(GPT2LMHeadModel is None, reason="needs transformers")
 
 
 def _gpt2_config(width: int):
