@@ -121,8 +121,8 @@ def _real_consumer(node: fx.Node) -> fx.Node:
 
 def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[str],
             example_inputs: tuple | None, base_inputs: tuple | None = None,
-            base_graph: Callable[[], fx.GraphModule | None] | None = None) -> Analysis:
-    """Analyse ``gm`` (the traced model) against meta-device ``base`` and ``probe`` builds."""
+            base_graph: Callable[[], fx.GraphModule | None] | None = None, root: nn.Module | None = None) -> Analysis:
+    """Analyse ``gm`` (the traced model ``root``) against meta-device ``base`` and ``probe`` builds."""
     base_shapes, probe_shapes = _Shapes(base), _Shapes(probe)
     if example_inputs is not None:
         record_values(gm, example_inputs)
@@ -237,11 +237,12 @@ def analyze(gm: fx.GraphModule, base: nn.Module, probe: nn.Module, leaves: list[
         if not known and any(tensors[canonical[id(v)]].scaling_dims for _, v in own):
             opaque.append(f"leaf module {node.target!r} ({type(module).__name__})")
 
-    for name, value in gm.named_parameters():  # parameters forward never reads
-        if name not in tensors:
+    known = set(tensors) | {a for t in tensors.values() for a in t.aliases}
+    for name, value in (root if root is not None else gm).named_parameters():  # parameters forward never reads
+        if name not in known:
             role, scaling, fans = classify(name, tuple(value.shape), None, None)
             tensors[name] = TensorInfo(name, tuple(value.shape), role, scaling, *fans, unused=True,
-                                       aliases=[a for a in aliases[id(value)] if a != name])
+                                       aliases=[a for a in aliases.get(id(value), []) if a != name])
 
     readouts = _readouts(gm, matrix_ops)
     blocks = find_blocks(gm, matrix_ops, param_nodes, module_params)

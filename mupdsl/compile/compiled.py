@@ -31,7 +31,7 @@ from .factory import ModelFactory, load_factory
 from .graph import copy_graph_module, record_values
 from .init_record import InitReplay, build_recording_stds
 from .initialize import initialize, optimizer_for, param_groups
-from .own_init import record_own_init
+from .own_init import record_build, record_own_init
 from .plan import Plan, build_plan, plan_differences
 from .repeated import expand, find_stack, truncated
 from .rewrite import reference_graph
@@ -257,7 +257,7 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
 
     try:
         analysis = analyze(traced.graph_module, base_view, probe_view, traced.leaves, inputs, base_inputs,
-                           base_graph if inputs is not None else None)
+                           base_graph if inputs is not None else None, root=view)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001 - never a traceback for a model we cannot analyse
@@ -388,19 +388,23 @@ def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | Mode
     meta = device is not None and torch.device(device).type == "meta"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        with torch.device(device) if device is not None else _nullcontext():
-            net, own_stds, replay = build_recording_stds(lambda: factory.build(width, depth))
+        if meta:   # the build's own init calls are the record (an init in __init__ included)
+            with torch.device("meta"):
+                net, own_inits = record_build(lambda: factory.build(width, depth))
+                _, base_own = record_build(lambda: factory.build(base_width, depth))
+            own_stds, replay = {}, None
+        else:
+            with torch.device(device) if device is not None else _nullcontext():
+                net, own_stds, replay = build_recording_stds(lambda: factory.build(width, depth))
         batch = _tensor_inputs_to(_inputs(factory.example_batch(2)), device)
         base, probe = _references(factory, base_width, depth)
         base_batch = _tensor_inputs_to(batch, "meta")
         names = [n for n, _ in net.named_parameters()]
-        own_inits = None
         if meta:
-            own_inits = record_own_init(net)
-            base_own = record_own_init(copy.deepcopy(base))
             keep = {n: own_inits[n].std_of if own_inits.get(n) is not None else None for n in names}
             base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else None for n in names}
         else:
+            own_inits = None
             keep = {n: own_stds.get(n) for n in names}
             base_own = _base_stds(factory, base_width, depth, seed)
             base_stds = {n: base_own.get(n) for n in names}
@@ -431,6 +435,7 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
         raise CompileError(f"unknown optimizer {optimizer!r}", hint="choose sgd, adam or adamw")
     if not isinstance(model, nn.Module):
         raise CompileError(f"apply() needs an nn.Module, got {type(model).__name__}")
+    _refuse(model)
     spec = _resolve_spec(spec, overrides)
     inputs = _inputs((example_inputs, None)) if example_inputs is not None else None
     notes: list[str] = []
@@ -440,12 +445,11 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
         if width is None or base_width is None:
             raise CompileError("apply() with a base builder needs width= and base_width=")
         builder = load_factory(base)
-        with torch.device("meta"):
-            base_model = builder.build(base_width, depth)
+        with torch.device("meta"):   # the builder's own init calls are the record, at both widths
+            base_model, base_own = record_build(lambda: builder.build(base_width, depth))
             probe = builder.build(2 * base_width, depth)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _, base_stds, _ = build_recording_stds(lambda: builder.build(base_width, depth))
+            _, built_own = record_build(lambda: builder.build(width, depth))
+        base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else None for n in names}
     else:
         base_model = base
         if not isinstance(base_model, nn.Module):
@@ -454,17 +458,22 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
         if _shapes(probe) == _shapes(base_model):
             raise CompileError("the model has the base model's shapes: which dims scale with width cannot be told",
                                hint="pass delta= (the model at another width), or a builder as base=")
-        if all(p.device.type == "meta" for p in base_model.parameters()):
-            base_own = record_own_init(copy.deepcopy(base_model))
-            base_stds = {n: (base_own[n].std_of if base_own.get(n) is not None else None) for n in names}
-        else:
-            base_own = record_own_init(base_model)
-            base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else
-                         (_keep_std(base_model, n) if _has(base_model, n) else None) for n in names}
-    own_inits = record_own_init(model)   # on a meta skeleton when the model has values
-    keep = {n: own_inits[n].std_of if own_inits.get(n) is not None else _keep_std(model, n) for n in names}
+        base_own = record_own_init(base_model)   # on a meta skeleton when the base has values
+        base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else None for n in names}
+        if meta_model and not hasattr(model, "init_weights"):
+            notes.append("the model's own init is read from its modules' reset_parameters(): an init its __init__ "
+                         "does itself is not seen on meta — pass a builder as base= to read it from a build")
+    own_inits, keep, disagree = _own_stds(model, names, meta_model,
+                                          built_own if callable(base) and not isinstance(base, nn.Module) else None)
+    if disagree:
+        notes.append(f"{', '.join(disagree[:4])}{' and more' if len(disagree) > 4 else ''}: the model's values do not "
+                     "follow its init routine (an init in __init__): their own std is the sample's"
+                     + ("; the base width's cannot be read from a base instance — pass a builder as base="
+                        if not callable(base) or isinstance(base, nn.Module) else ""))
+        if not callable(base) or isinstance(base, nn.Module):
+            base_stds.update({n: None for n in disagree})
     if width is None or base_width is None:
-        width, base_width, why = _infer_width(model, base_model)
+        width, base_width, why = _infer_width(model, base_model, probe)
         notes.append(why)
     if depth is None or base_depth is None:
         depth, base_depth, why = _infer_depth(model, base_model)
@@ -490,14 +499,41 @@ def _shapes(model: nn.Module) -> dict[str, tuple]:
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
-def _infer_width(model: nn.Module, base: nn.Module) -> tuple[int, int, str]:
-    pairs: Counter = Counter()
-    base_shapes = _shapes(base)
-    for name, shape in _shapes(model).items():
-        b = base_shapes.get(name)
-        if b is None or len(b) != len(shape):
+def _own_stds(model: nn.Module, names: list[str], meta: bool, built: dict | None = None
+              ) -> tuple[dict, dict, list[str]]:
+    """(own inits recorded from a build of the model — ``built`` — or else its init routine, the own init std of
+    each tensor, the tensors whose values contradict the record). A model with values is measured too: a tensor of
+    256 or more entries whose sample std is more than 20 % off the record was initialised otherwise (in
+    ``__init__``, outside the routine); its sample std is its own, and its record is not used to re-draw it."""
+    own = dict(built) if built is not None else record_own_init(model)
+    keep, disagree = {}, []
+    for n in names:
+        recorded = own[n].std_of if own.get(n) is not None else None
+        if meta:
+            keep[n] = recorded
             continue
-        pairs.update((x, y) for x, y in zip(shape, b) if x != y)
+        sample = _keep_std(model, n)
+        p = model.get_parameter(n)
+        if recorded is not None and p.numel() >= 256 and sample is not None and \
+                abs(sample - recorded) > 0.2 * max(recorded, 1e-12):
+            disagree.append(n)
+            own[n] = None
+            keep[n] = sample
+        else:
+            keep[n] = recorded if recorded is not None else sample
+    return own, keep, disagree
+
+
+def _infer_width(model: nn.Module, base: nn.Module, probe: nn.Module | None = None) -> tuple[int, int, str]:
+    """The most common (width, base width) pair of sizes among the dims that scale (those where the model, or the
+    probe when the model is at the base width, differs from the base)."""
+    pairs: Counter = Counter()
+    base_shapes, probe_shapes = _shapes(base), _shapes(probe if probe is not None else model)
+    for name, shape in _shapes(model).items():
+        b, q = base_shapes.get(name), probe_shapes.get(name)
+        if b is None or q is None or not (len(b) == len(shape) == len(q)):
+            continue
+        pairs.update((x, y) for x, y, z in zip(shape, b, q) if z != y)
     if not pairs:
         return 1, 1, "no dimension differs from the base model's: width = base width"
     (width, base_width), _ = pairs.most_common(1)[0]

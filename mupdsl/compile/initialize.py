@@ -75,6 +75,8 @@ def initialize(model: nn.Module, plan: Plan, seed: int = 0, *, redraw_defaults: 
     own init is gone (``to_empty()`` after a ``meta`` build), so ``keep``/``base`` tensors are drawn from their
     recorded own init first (:mod:`~mupdsl.compile.own_init`). Returns notes."""
     notes: list[str] = []
+    if redraw_defaults:
+        notes += _retie(model, plan) + _restore_buffers(model)
     for t in plan.tensors:
         p = model.get_parameter(t.name)
         if p.device.type == "meta":
@@ -98,6 +100,57 @@ def initialize(model: nn.Module, plan: Plan, seed: int = 0, *, redraw_defaults: 
         if factor != 1.0:
             p.mul_(factor)
     return notes
+
+
+def _retie(model: nn.Module, plan: Plan) -> list[str]:
+    """``to_empty()`` gives every module its own tensor, which unties a readout tied to its embedding: tie again."""
+    notes = []
+    for t in plan.tensors:
+        canonical = model.get_parameter(t.name)
+        for alias in t.tied_to:
+            owner_name, _, local = alias.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            if getattr(owner, local) is not canonical:
+                setattr(owner, local, canonical)
+                notes.append(f"{alias} tied to {t.name} again (to_empty had untied it)")
+    return notes
+
+
+def _restore_buffers(model: nn.Module) -> list[str]:
+    """Buffers computed when the model was built (rotary frequencies, BatchNorm statistics) are garbage after
+    ``to_empty()``: each module that holds some is re-initialised by the model's own routine (HuggingFace's
+    ``_init_weights``, else the module's ``reset_running_stats`` / ``reset_parameters``); the parameters are drawn
+    by the plan after this. Buffers nothing restores are named."""
+    hf = getattr(model, "_init_weights", None)
+    left = []
+    for name, module in model.named_modules():
+        own = list(module.named_buffers(recurse=False))
+        if not own:
+            continue
+        flags = [b for _, b in own if getattr(b, "_is_hf_initialized", False)]
+        for b in flags:
+            b._is_hf_initialized = False
+        try:
+            before = [b.clone() for _, b in own]
+            if hf is not None:
+                hf(module)
+            elif hasattr(module, "reset_running_stats"):
+                module.reset_running_stats()
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            unchanged = [f"{name}.{b_name}" if name else b_name for (b_name, b), old in zip(own, before)
+                         if b.numel() and torch.equal(b, old)]
+            if hf is None and not (hasattr(module, "reset_running_stats") or hasattr(module, "reset_parameters")):
+                left += [f"{name}.{b_name}" if name else b_name for b_name, _ in own]
+            elif hf is not None:
+                left += unchanged
+        finally:
+            for b in flags:
+                b._is_hf_initialized = True
+    if not left:
+        return []
+    return [f"buffers not restored after to_empty (they hold what the memory held): {', '.join(left[:6])}"
+            + (f" and {len(left) - 6} more" if len(left) > 6 else "") + "; set them, or build the model on the CPU"]
 
 
 def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:

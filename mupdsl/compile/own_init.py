@@ -107,21 +107,41 @@ _UNDERSTOOD = {"normal_", "uniform_", "trunc_normal_", "zeros_", "ones_", "const
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, names: dict[int, str]) -> None:
+    """Records the last in-place call on each tensor, by identity (``names``: which tensors, by id; None: all of
+    them, for a build whose parameters do not exist yet)."""
+
+    def __init__(self, names: dict[int, str] | None) -> None:
         super().__init__()
         self.names = names
-        self.found: dict[str, OwnInit | None] = {}
+        self.found: dict[Any, OwnInit | None] = {}
+        self.alive: list[torch.Tensor] = []   # keeps recorded tensors alive, so that an id is not reused
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not args and isinstance(kwargs.get("tensor"), torch.Tensor):
             kwargs = dict(kwargs)
             args = (kwargs.pop("tensor"),)
-        if args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.names:
+        if args and isinstance(args[0], torch.Tensor) and (self.names is None or id(args[0]) in self.names):
             name = getattr(func, "__name__", "")
             if name.endswith("_") and not name.startswith("__"):
-                self.found[self.names[id(args[0])]] = _describe(func, args, kwargs) if name in _UNDERSTOOD else None
+                key = self.names[id(args[0])] if self.names is not None else id(args[0])
+                if self.names is None:
+                    self.alive.append(args[0])
+                self.found[key] = _describe(func, args, kwargs) if name in _UNDERSTOOD else None
         return func(*args, **kwargs)
+
+
+def record_build(build: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, OwnInit | None]]:
+    """Build a model (on ``meta`` when called under ``torch.device("meta")``) and record its own init as the
+    build does it — including inits written in ``__init__`` (a GPT's N(0, 0.02²) tables) that no init routine
+    repeats, and a tied table's own init rather than the discarded head's."""
+    recorder = _Recorder(None)
+    with recorder, torch.no_grad():
+        model = build()
+    found = {}
+    for name, p in model.named_parameters():
+        found.setdefault(name, recorder.found.get(id(p)))
+    return model, found
 
 
 def default_routine(model: nn.Module) -> Callable[[], Any]:
@@ -165,4 +185,4 @@ def record_own_init(model: nn.Module, routine: Callable[[], Any] | None = None) 
     return {name: recorder.found.get(name) for name in dict.fromkeys(names.values())}
 
 
-__all__ = ["OwnInit", "default_routine", "record_own_init"]
+__all__ = ["OwnInit", "default_routine", "meta_skeleton", "record_build", "record_own_init"]

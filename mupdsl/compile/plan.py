@@ -236,7 +236,8 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
             init_std = None if own is None else own * (init_scale if init_scale is not None else 1.0)
             if rule.init_kind == "base" and keep_stds.get(info.name) and own is None:
                 raise CompileError(f"cannot tell the base-width init std of {info.name!r}",
-                                   hint="use keep or an explicit normal(std = …) for it")
+                                   hint="pass a builder as base= (apply) so the base model is built and its init read, "
+                                        "or give the tensor keep or an explicit normal(std = …)")
         use_mults = {}
         for use in info.uses:
             use_mult = mult
