@@ -90,7 +90,8 @@ class Analysis:
     param_nodes: dict[fx.Node, str] = field(default_factory=dict, repr=False)
 
 
-def _normalized(name: str) -> str:
+def normalized(name: str) -> str:
+    """A parameter name with its block indices wildcarded (``blocks.3.fc`` -> ``blocks.#.fc``)."""
     return _DIGITS.sub(".#", name)
 
 
@@ -102,10 +103,10 @@ class _Shapes:
         self.exact = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
         self.pattern: dict[str, tuple[int, ...]] = {}
         for n, s in self.exact.items():
-            self.pattern.setdefault(_normalized(n), s)
+            self.pattern.setdefault(normalized(n), s)
 
     def get(self, name: str) -> tuple[int, ...] | None:
-        return self.exact.get(name) or self.pattern.get(_normalized(name))
+        return self.exact.get(name) or self.pattern.get(normalized(name))
 
 
 def _role_from_fans(in_scales: bool, out_scales: bool) -> str:

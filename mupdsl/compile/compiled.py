@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_map
 
 from ..spec import Spec, SpecError, load_spec
 from . import hooks
-from .analyze import Analysis, analyze
+from .analyze import Analysis, analyze, normalized as _normalized
 from .carry import carry
 from .checks import base_identity, compare_outputs, lint
 from .errors import CompileError
@@ -391,7 +391,8 @@ def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | Mode
         if meta:   # the build's own init calls are the record (an init in __init__ included)
             with torch.device("meta"):
                 net, own_inits = record_build(lambda: factory.build(width, depth))
-                _, base_own = record_build(lambda: factory.build(base_width, depth))
+                _, base_own = record_build(lambda: factory.build(base_width, base_depth))
+                _, base_here = record_build(lambda: factory.build(base_width, depth))
             own_stds, replay = {}, None
         else:
             with torch.device(device) if device is not None else _nullcontext():
@@ -402,12 +403,13 @@ def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | Mode
         names = [n for n, _ in net.named_parameters()]
         if meta:
             keep = {n: own_inits[n].std_of if own_inits.get(n) is not None else None for n in names}
-            base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else None for n in names}
+            base_stds = by_pattern({n: o.std_of if o is not None else None for n, o in base_own.items()}, names,
+                                   {n: o.std_of if o is not None else None for n, o in base_here.items()})
         else:
             own_inits = None
             keep = {n: own_stds.get(n) for n in names}
-            base_own = _base_stds(factory, base_width, depth, seed)
-            base_stds = {n: base_own.get(n) for n in names}
+            base_stds = by_pattern(_base_stds(factory, base_width, base_depth, seed), names,
+                                   _base_stds(factory, base_width, depth, seed) if base_depth != depth else None)
         compiled = apply_plan_to(spec, net, base=base, probe=probe, inputs=batch, base_inputs=base_batch, width=width,
                                  base_width=base_width, depth=depth or 1, base_depth=base_depth or 1,
                                  optimizer=optimizer, seed=seed, keep_stds=keep, base_stds=base_stds,
@@ -446,10 +448,13 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
             raise CompileError("apply() with a base builder needs width= and base_width=")
         builder = load_factory(base)
         with torch.device("meta"):   # the builder's own init calls are the record, at both widths
-            base_model, base_own = record_build(lambda: builder.build(base_width, depth))
+            base_model = builder.build(base_width, depth)
             probe = builder.build(2 * base_width, depth)
+            _, base_own = record_build(lambda: builder.build(base_width, base_depth))
+            _, base_here = record_build(lambda: builder.build(base_width, depth))
             _, built_own = record_build(lambda: builder.build(width, depth))
-        base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else None for n in names}
+        base_stds = by_pattern({n: o.std_of if o is not None else None for n, o in base_own.items()}, names,
+                               {n: o.std_of if o is not None else None for n, o in base_here.items()})
     else:
         base_model = base
         if not isinstance(base_model, nn.Module):
@@ -459,11 +464,12 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
             raise CompileError("the model has the base model's shapes: which dims scale with width cannot be told",
                                hint="pass delta= (the model at another width), or a builder as base=")
         base_own = record_own_init(base_model)   # on a meta skeleton when the base has values
-        base_stds = {n: base_own[n].std_of if base_own.get(n) is not None else None for n in names}
+        base_stds = by_pattern({n: o.std_of if o is not None else None for n, o in base_own.items()}, names)
         if meta_model and not hasattr(model, "init_weights"):
             notes.append("the model's own init is read from its modules' reset_parameters(): an init its __init__ "
                          "does itself is not seen on meta — pass a builder as base= to read it from a build")
-    own_inits, keep, disagree = _own_stds(model, names, meta_model,
+    # with init=False the values are trained ones (a checkpoint): only the record says what the init was
+    own_inits, keep, disagree = _own_stds(model, names, meta_model or not init,
                                           built_own if callable(base) and not isinstance(base, nn.Module) else None)
     if disagree:
         notes.append(f"{', '.join(disagree[:4])}{' and more' if len(disagree) > 4 else ''}: the model's values do not "
@@ -571,8 +577,30 @@ def _references(factory: ModelFactory, base_width: int, depth: int | None) -> tu
     return _REFERENCES[key]
 
 
+def by_pattern(stds: dict[str, float | None], names: list[str], fallback: dict[str, float | None] | None = None
+               ) -> dict[str, float | None]:
+    """Each name's std, looked up by name, else by name with its block indices wildcarded: the base model is built at
+    the base depth (its own init of a deep model's residual projections — GPT-2's 0.02/sqrt(2·n_layer) — is the
+    base depth's; the depth multipliers of the spec do the rest), so a deeper model's later blocks take the std of
+    the base's block of the same kind."""
+    pattern: dict[str, float | None] = {}
+    for name, std in stds.items():
+        pattern.setdefault(_normalized(name), std)
+    fallback = fallback or {}
+    out = {}
+    for n in names:
+        if n in stds:
+            out[n] = stds[n]
+        elif _normalized(n) in pattern:
+            out[n] = pattern[_normalized(n)]
+        else:   # a layer the base depth does not have (a stage's first conv): the base width at this depth
+            out[n] = fallback.get(n)
+    return out
+
+
 def _base_stds(factory: ModelFactory, base_width: int, depth: int | None, seed: int) -> dict[str, float | None]:
-    """Init stds of the model at the base width; cached, since a sweep compiles many widths on one base."""
+    """Init stds of the model at the base width and depth; cached, since a sweep compiles many widths on one
+    base."""
     key = (factory.source, id(factory.builder), base_width, depth)
     if key not in _BASE_STDS:
         with torch.random.fork_rng(devices=[]):

@@ -141,6 +141,11 @@ def record_build(build: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, O
     found = {}
     for name, p in model.named_parameters():
         found.setdefault(name, recorder.found.get(id(p)))
+    if hasattr(model, "init_weights") and hasattr(model, "_init_weights"):
+        # HuggingFace skips its init on meta (and the record would hold the modules' own defaults): its routine,
+        # run again outside the meta context, is the model's init
+        routine = record_own_init(model)
+        found.update({name: own for name, own in routine.items() if own is not None})
     return model, found
 
 
@@ -170,18 +175,18 @@ def record_own_init(model: nn.Module, routine: Callable[[], Any] | None = None) 
     names = {}
     for name, p in model.named_parameters():
         names.setdefault(id(p), name)
-    flags = {}
-    for p in model.parameters():   # HuggingFace skips tensors it has initialised once
-        if getattr(p, "_is_hf_initialized", False):
-            flags[p] = True
-            p._is_hf_initialized = False
+    flags = []
+    for obj in (*model.parameters(), *model.modules()):   # HuggingFace skips what it has initialised once
+        if getattr(obj, "_is_hf_initialized", False):
+            flags.append(obj)
+            obj._is_hf_initialized = False
     recorder = _Recorder(names)
     try:
-        with recorder, torch.no_grad():
+        with recorder, torch.no_grad(), torch.device("cpu"):   # not meta: HuggingFace skips its init there
             (routine or default_routine(model))()
     finally:
-        for p in flags:
-            p._is_hf_initialized = True
+        for obj in flags:
+            obj._is_hf_initialized = True
     return {name: recorder.found.get(name) for name in dict.fromkeys(names.values())}
 
 
