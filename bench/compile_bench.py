@@ -1,4 +1,4 @@
-"""Compiler benchmarks (issue 3): compile time at GPT-2-small shapes, and the training-step time of a compiled
+"""Compiler benchmarks: compile time at GPT-2-small shapes, and the training-step time of a compiled
 µP model against the same model written by hand in µP.
 
     .venv/bin/python bench/compile_bench.py [--steps 30] [--device cpu|cuda] [--torch-compile]

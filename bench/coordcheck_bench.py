@@ -1,4 +1,4 @@
-"""Coordinate-check speed against microsoft/mup's ``get_coord_data`` (issue 4) on the same MLP, widths, steps and
+"""Coordinate-check speed against microsoft/mup's ``get_coord_data`` on the same MLP, widths, steps and
 seeds. mup is a bench-only dependency: ``.venv/bin/pip install mup pandas``.
 
     .venv/bin/python bench/coordcheck_bench.py [--widths 64,128,256,512,1024] [--steps 4] [--seeds 3]

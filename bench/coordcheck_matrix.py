@@ -1,4 +1,4 @@
-"""Verdict matrix of ``coordcheck`` (issue 4's acceptance check): every model × preset × optimizer, with the
+"""Verdict matrix of ``coordcheck`` (the acceptance check of the coordinate check): every model × preset × optimizer, with the
 expected verdict — the µP family PASS, ``sp`` and ``ntp`` FAIL. Models: the reference ones and the files in
 ``bench/coordcheck_models/``, written for this check and used nowhere else (residual MLPs, ConvNets, transformers
 with tied embeddings built from SDPA, ``nn.MultiheadAttention`` and ``nn.TransformerEncoder``).

@@ -1,4 +1,4 @@
-"""Where a coordinate check's time goes: timers around each step of ``coordcheck`` (issue 4), CPU.
+"""Where a coordinate check's time goes: timers around each step of ``coordcheck``, CPU.
 
     .venv/bin/python bench/coordcheck_phases.py [--widths 64,128,256,512,1024] [--seeds 3] [--repeats 15]
 

@@ -1,4 +1,4 @@
-"""Sharpness benchmark (issue 5): HVPs and wall time to a true relative error of 1e-3 for PyHessian's power
+"""Sharpness benchmark: HVPs and wall time to a true relative error of 1e-3 for PyHessian's power
 iteration and for mupdsl's Lanczos, cold and warm-started along a training run, on a residual ConvNet and an MLP.
 
 The reference top eigenvalue is scipy.sparse.linalg.eigsh (tol 1e-8) on the same HVP operator. "HVPs to 1e-3" is

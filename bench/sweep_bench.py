@@ -1,4 +1,4 @@
-"""Sweep throughput (issue 6): trials per hour on the demo grid (runners/demo.toml), grouped (vmapped by shape)
+"""Sweep throughput: trials per hour on the demo grid (runners/demo.toml), grouped (vmapped by shape)
 against one at a time, on this machine (CPU) or a GPU (pass --device cuda).
 
     .venv/bin/python bench/sweep_bench.py [--device cpu] [--no-sharpness] [--widths 32,64,128,256]

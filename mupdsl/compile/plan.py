@@ -179,7 +179,7 @@ class Plan(BaseModel):
         raise KeyError(name)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The document of ``mupdsl compile --json`` (design.md §6, issue contract)."""
+        """The document of ``mupdsl compile --json`` (design.md §6)."""
         doc = self.model_dump()
         for t in doc["tensors"]:
             t["tied_to"] = t["tied_to"][0] if len(t["tied_to"]) == 1 else (t["tied_to"] or None)
