@@ -5,7 +5,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guide.md"
 FENCE = re.compile(r"```(\w+)([^\n]*)\n(.*?)```", re.S)

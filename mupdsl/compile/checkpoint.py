@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from . import hooks
-from .compiled import CompiledModel, compile_model
+from .api import compile_model
+from .compiled import CompiledModel
 from .errors import CompileError
 from .plan import Plan, plan_differences
 

@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+from torch import fx, nn
 
 from ..spec import Spec
 from ..spec.resolve import network, tensor_rule
+from . import hooks
 from .analyze import Analysis
 from .errors import CompileError
 from .plan import Plan
+
+VERIFY_TOLERANCE = 2e-4
+"""Largest difference allowed between the compiled model's outputs and the reference graph's, relative to the
+largest output (float32 rounding of folded weights is ~1e-6; a misplaced multiplier is ≥ 1e-2)."""
 
 _RATIO_PAIRS = {"width": "base_width", "fan_in": "base_fan_in", "fan_out": "base_fan_out", "depth": "base_depth",
                 "d_head": "base_d_head"}
@@ -148,6 +154,33 @@ def base_identity(plan: Plan, spec: Spec, evaluate_at_base) -> tuple[str, list[s
     return ("passed" if not problems else "FAILED"), problems
 
 
+def verify_carried(model: nn.Module, graph: fx.GraphModule, plan: Plan, params: Mapping[str, torch.Tensor],
+                   inputs: tuple) -> float:
+    """The model run with ``params`` (its hooks on) against the reference graph run with the unfolded weights."""
+    folds = {t.name: t.carried.fold for t in plan.tensors if t.carried is not None}
+    spec_params = {name: (p / folds[name] if folds.get(name, 1.0) != 1.0 else p) for name, p in params.items()
+                   if name in folds}
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            product = torch.func.functional_call(model, dict(params), inputs, strict=False)
+            with hooks.suspended(model):
+                reference = torch.func.functional_call(graph, spec_params, tuple(inputs), strict=False)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    worst, where = compare_outputs(reference, product)
+    if worst > VERIFY_TOLERANCE:
+        raise CompileError(
+            f"the plan could not be carried exactly: the compiled model's {where} differs from the reference graph's "
+            f"by {worst:.3g} (relative); runtime multipliers: "
+            + ("; ".join(f"{m.kind} × {m.factor:.4g} on {m.module or 'the model'!r} ({m.reason})" for m in plan.runtime)
+               or "none"),
+            hint="report the model; the plan (mupdsl compile --json) names where each multiplier went")
+    return worst
+
+
 def compare_outputs(reference: Any, product: Any, tolerance: float = 2e-4) -> tuple[float, str]:
     """Largest difference between two model outputs relative to the reference's largest magnitude, and where."""
     worst, where = 0.0, ""
@@ -166,4 +199,4 @@ def compare_outputs(reference: Any, product: Any, tolerance: float = 2e-4) -> tu
     return worst, where
 
 
-__all__ = ["Findings", "base_identity", "compare_outputs", "lint", "ratio_form"]
+__all__ = ["VERIFY_TOLERANCE", "Findings", "base_identity", "compare_outputs", "lint", "ratio_form", "verify_carried"]

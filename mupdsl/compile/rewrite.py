@@ -5,7 +5,6 @@ plan folded in — is checked against, and what ``mupdsl compile --emit-code`` p
 
 from __future__ import annotations
 
-import math
 import operator
 
 import torch
