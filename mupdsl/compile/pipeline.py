@@ -162,13 +162,15 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
     except BaseException:
         hooks.remove(model)
         raise
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()} if own_output is not None else None
     if init and not meta:
         plan.warnings.extend(initialize(model, plan, seed, redraw_defaults=redraw_defaults))
         compiled.reset_center()
     if own_output is not None and outcome == "passed":
         worst, where = compare_outputs(own_output, _run_eval(model, inputs))
-        if worst > VERIFY_TOLERANCE:
+        if worst > VERIFY_TOLERANCE:   # nothing half-applied is left behind: the user's weights, no hooks
             hooks.remove(model)
+            model.load_state_dict(before)
             raise CompileError(f"{spec.name} at the base width is not the user's model (TP5 Eq. 4): its {where} "
                                f"differs from the model's own by {worst:.3g} (relative)",
                                hint="report the model with the plan (mupdsl compile --json)")
