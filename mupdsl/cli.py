@@ -7,60 +7,20 @@ document on stdout and nothing else; messages and progress go to stderr. Bad inp
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from .cli_input import (
+    MAX_EXTEND, MAX_SIZE, BadInput, compile_error, device_flag, err, float_flag, int_flag, load, model_code, out,
+    parse_sets, seed_flag, writable_dir, writable_file,
+)
 from .spec import OPTIMIZERS, SpecError, differences, explain, load_spec, preset_names
 from .spec.abc import Explanation, fmt
-
-def _console(stream) -> Console:
-    # Rich assumes 80 columns when not on a terminal; piped or captured tables of exponents need more to stay
-    # readable (and greppable), whatever COLUMNS says
-    width = None if stream.isatty() else max(150, shutil.get_terminal_size((150, 40)).columns)
-    return Console(file=stream, highlight=False, width=width)
-
-
-def out() -> Console:
-    """The console on the current stdout (looked up per call, so captured streams work)."""
-    return _console(sys.stdout)
-
-
-def err() -> Console:
-    return _console(sys.stderr)
-
-
-class BadInput(click.ClickException):
-    """Bad input: the message is printed as it is and the exit code is 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # noqa: D102 - click's hook
-        click.echo(self.message, err=True)
-
-
-def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise BadInput(f"--set {pair}: expected NAME=VALUE, e.g. --set eta0=0.1")
-        name, value = pair.split("=", 1)
-        out[name.strip()] = value.strip()
-    return out
-
-
-def _load(path: str, sets: dict[str, str] | None = None):
-    try:
-        return load_spec(path, sets or None)
-    except SpecError as exc:
-        raise BadInput(exc.render()) from None
-
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
 
@@ -110,8 +70,8 @@ def explain_cmd(specs: tuple[str, ...], optimizer: str | None, sets: tuple[str, 
     """
     if len(specs) > 2:
         raise BadInput("explain takes one spec, or two to compare")
-    overrides = _parse_sets(sets)
-    loaded = [_load(path, overrides if len(specs) == 1 else None) for path in specs]
+    overrides = parse_sets(sets)
+    loaded = [load(path, overrides if len(specs) == 1 else None) for path in specs]
     optimizers = (optimizer,) if optimizer else ("sgd", "adam")
     if len(loaded) == 2:
         report = {opt: [d.__dict__ for d in differences(loaded[0], loaded[1], opt)] for opt in optimizers}
@@ -199,10 +159,6 @@ def _print_explanation(e: Explanation) -> None:
                  else "equivalent to no other preset") + "\n")
 
 
-def _compile_error(exc) -> BadInput:
-    return BadInput(exc.render())
-
-
 def _fmt_num(value: float | None) -> str:
     if value is None:
         return "default"
@@ -227,16 +183,24 @@ def _fmt_num(value: float | None) -> str:
 def compile_cmd(spec, model, width, base_width, depth, base_depth, optimizer, sets, seed, meta, as_json, out,
                 emit_code) -> None:
     """Compile SPEC onto MODEL (model.py, model.py:Name or package.module[:name]) and show the plan."""
+    int_flag("--width", width)
+    int_flag("--base-width", base_width)
+    int_flag("--depth", depth)
+    int_flag("--base-depth", base_depth)
+    seed_flag("--seed", seed)
+    writable_file("--out", out)
+    writable_file("--emit-code", emit_code)
+    loaded = load(spec, parse_sets(sets))
     from .compile import CompileError, compile_model  # noqa: PLC0415 - torch only when compiling
 
-    loaded = _load(spec, _parse_sets(sets))
     start = time.perf_counter()
     try:
-        compiled = compile_model(loaded, model, width=width, base_width=base_width, depth=depth,
-                                 base_depth=base_depth, optimizer=optimizer, seed=seed,
-                                 device="meta" if meta else None)
+        with model_code(model):
+            compiled = compile_model(loaded, model, width=width, base_width=base_width, depth=depth,
+                                     base_depth=base_depth, optimizer=optimizer, seed=seed,
+                                     device="meta" if meta else None)
     except CompileError as exc:
-        raise _compile_error(exc) from None
+        raise compile_error(exc) from None
     elapsed = time.perf_counter() - start
     plan = compiled.plan
     doc = plan.to_json_dict()
@@ -292,12 +256,20 @@ def _print_plan(plan, elapsed: float) -> None:
 
 
 def _widths(text: str) -> tuple[int, ...]:
+    parts = [w.strip() for w in text.split(",") if w.strip()]
+    if len(parts) > 64 or any(len(w) > 12 for w in parts):
+        raise BadInput(f"--widths {text[:80]}: at most 64 widths, each at most {MAX_SIZE}")
     try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
+        widths = tuple(int(w) for w in parts)
     except ValueError:
         raise BadInput(f"--widths {text}: expected comma-separated integers, e.g. 64,128,256,512") from None
     if len(widths) < 2 or min(widths) <= 0:
         raise BadInput(f"--widths {text}: give at least two positive widths")
+    if max(widths) > MAX_SIZE:
+        raise BadInput(f"--widths {text}: widths are at most {MAX_SIZE}")
+    repeated = sorted({w for w in widths if widths.count(w) > 1})
+    if repeated:
+        raise BadInput(f"--widths {text}: width {repeated[0]} is given twice; give distinct widths")
     return widths
 
 
@@ -324,24 +296,35 @@ def _widths(text: str) -> tuple[int, ...]:
 def coordcheck_cmd(spec, model, widths, base_width, depth, base_depth, steps, optimizer, sets, seeds, batch_size,
                    data, tolerance, extend, device, plot, as_json) -> None:
     """Coordinate check: is SPEC width-stable on MODEL? Exit 0 on PASS, 1 on FAIL (naming the layers), 2 on bad input."""
+    parsed_widths = _widths(widths)
+    int_flag("--base-width", base_width)
+    int_flag("--depth", depth)
+    int_flag("--base-depth", base_depth)
+    int_flag("--steps", steps)
+    int_flag("--seeds", seeds, 1, 10_000)
+    int_flag("--batch-size", batch_size)
+    float_flag("--tolerance", tolerance)
+    int_flag("--extend", extend, 0, MAX_EXTEND)
+    if extend and max(parsed_widths) * 2**extend > MAX_SIZE:
+        raise BadInput(f"--extend {extend}: the widest width would be {max(parsed_widths) * 2**extend}, beyond "
+                       f"{MAX_SIZE}")
+    device_flag("--device", device)
+    writable_file("--plot", plot)
+    loaded = load(spec, parse_sets(sets))
+    overrides = parse_sets(sets)
     from .compile import CompileError  # noqa: PLC0415
     from .measure.coord import DEFAULT_EXTEND, DEFAULT_TOLERANCE, coordcheck  # noqa: PLC0415
 
-    loaded = _load(spec, _parse_sets(sets))
-    overrides = _parse_sets(sets)
-    if steps < 1 or seeds < 1 or batch_size < 1:
-        raise BadInput("--steps, --seeds and --batch-size must be at least 1")
-    if extend is not None and extend < 0:
-        raise BadInput("--extend must be 0 or more")
     try:
-        result = coordcheck(loaded, model, widths=_widths(widths), steps=steps, optimizer=optimizer,
-                            overrides=overrides, seeds=seeds, batch_size=batch_size, data=data,
-                            base_width=base_width, depth=depth, base_depth=base_depth,
-                            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, device=device,
-                            extend=DEFAULT_EXTEND if extend is None else extend,
-                            progress=lambda line: err().print(f"[dim]{line}[/]"))
+        with model_code(model):
+                result = coordcheck(loaded, model, widths=parsed_widths, steps=steps, optimizer=optimizer,
+                                overrides=overrides, seeds=seeds, batch_size=batch_size, data=data,
+                                base_width=base_width, depth=depth, base_depth=base_depth,
+                                tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, device=device,
+                                extend=DEFAULT_EXTEND if extend is None else extend,
+                                progress=lambda line: err().print(f"[dim]{line}[/]"))
     except CompileError as exc:
-        raise _compile_error(exc) from None
+        raise compile_error(exc) from None
     except (ValueError, TypeError) as exc:
         raise BadInput(f"error: {exc}") from None
     if plot:
@@ -408,6 +391,23 @@ def _print_coordcheck(result) -> None:
 def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, sets, batch_size, train_steps, top_k,
                   loss, mode, tol, trace_samples, micro_batch, seed, save_state, as_json) -> None:
     """Top eigenvalues of the learning-rate-preconditioned Hessian S H S on the model's example batch."""
+    int_flag("--width", width)
+    int_flag("--base-width", base_width)
+    int_flag("--depth", depth)
+    int_flag("--base-depth", base_depth)
+    int_flag("--batch-size", batch_size)
+    int_flag("--train-steps", train_steps, 0)
+    int_flag("--top-k", top_k, 1, 10_000)
+    float_flag("--tol", tol)
+    int_flag("--trace-samples", trace_samples, 0, 1_000_000)
+    int_flag("--micro-batch", micro_batch)
+    seed_flag("--seed", seed)
+    if optimizer != "sgd" and train_steps == 0:
+        raise BadInput("the Adam preconditioner needs the optimizer's second moments: pass --train-steps 1 or more")
+    if save_state:
+        writable_file("--save-state", save_state)
+        writable_file("--save-state", save_state + ".plan.json")
+    loaded = load(spec, parse_sets(sets))
     import torch  # noqa: PLC0415
 
     from .compile import CompileError, compile_model  # noqa: PLC0415
@@ -415,37 +415,36 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
     from .measure.losses import task_loss  # noqa: PLC0415
     from .measure.sharpness import measure, measure_compiled  # noqa: PLC0415
 
-    loaded = _load(spec, _parse_sets(sets))
-    if batch_size < 1 or top_k < 1 or train_steps < 0:
-        raise BadInput("--batch-size and --top-k must be at least 1, --train-steps at least 0")
     try:
-        compiled = compile_model(loaded, model, width=width, base_width=base_width, depth=depth,
-                                 base_depth=base_depth, optimizer=optimizer, seed=seed)
-        from .compile.factory import load_factory  # noqa: PLC0415
+        with model_code(model):
+            compiled = compile_model(loaded, model, width=width, base_width=base_width, depth=depth,
+                                     base_depth=base_depth, optimizer=optimizer, seed=seed)
+            from .compile.factory import load_factory  # noqa: PLC0415
 
-        torch.manual_seed(seed)
-        example = load_factory(model).example_batch(batch_size)
+            torch.manual_seed(seed)
+            example = load_factory(model).example_batch(batch_size)
     except CompileError as exc:
-        raise _compile_error(exc) from None
+        raise compile_error(exc) from None
     if example is None:
         raise BadInput(f"error: {model} has no example_batch(batch_size) to measure on")
     inputs, targets = example
     batch = Batch(tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), targets)
     opt = compiled.optimizer()
-    for step in range(train_steps):
-        opt.zero_grad(set_to_none=True)
-        loss_value = task_loss(compiled(*batch.inputs), batch.targets, loss)
-        loss_value.backward()
-        opt.step()
-        err().print(f"[dim]step {step + 1}/{train_steps}: loss {loss_value.item():.4g}[/]")
-    if optimizer != "sgd" and train_steps == 0:
-        raise BadInput("the Adam preconditioner needs the optimizer's second moments: pass --train-steps 1 or more")
+    with model_code(model):
+        for step in range(train_steps):
+            opt.zero_grad(set_to_none=True)
+            loss_value = task_loss(compiled(*batch.inputs), batch.targets, loss)
+            loss_value.backward()
+            opt.step()
+            err().print(f"[dim]step {step + 1}/{train_steps}: loss {loss_value.item():.4g}[/]")
     opt.zero_grad(set_to_none=True)
     try:
-        result = measure_compiled(compiled, batch, opt, loss=loss, top_k=top_k, tol=tol, mode=mode,
-                                  trace_samples=trace_samples, directional=True, micro_batch=micro_batch, seed=seed)
-        raw = measure(compiled.model, batch, loss=loss, top_k=top_k, tol=tol, mode=mode, micro_batch=micro_batch,
-                      seed=seed)
+        with model_code(model):
+            result = measure_compiled(compiled, batch, opt, loss=loss, top_k=top_k, tol=tol, mode=mode,
+                                      trace_samples=trace_samples, directional=True, micro_batch=micro_batch,
+                                      seed=seed)
+            raw = measure(compiled.model, batch, loss=loss, top_k=top_k, tol=tol, mode=mode, micro_batch=micro_batch,
+                          seed=seed)
     except ValueError as exc:
         raise BadInput(f"error: {exc}") from None
     if save_state:
@@ -491,20 +490,30 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_t
     from .data import DataMissing  # noqa: PLC0415
     from .sweep.experiment import small as make_small  # noqa: PLC0415
 
+    int_flag("--tasks", tasks, 1, 100_000)
+    float_flag("--gpus-per-task", gpus_per_task, positive=False)
     try:
         exp = load_experiment(experiment)
     except ExperimentError as exc:
         raise BadInput(exc.render()) from None
+    if engine == "local":   # elsewhere the workers' devices are not this machine's
+        from .sweep.experiment import device_problem  # noqa: PLC0415
+
+        problem = device_problem(exp.device)
+        if problem is not None:
+            raise BadInput(f"{experiment}: error: device: {problem}")
     if small:
         exp = make_small(exp)
     target = Path(out_dir or Path("out") / (exp.name + ("_small" if small else "")))
+    writable_dir("--out", target)
     try:
         if engine == "ray":
             options = {"address": address, "num_gpus": gpus_per_task}
         else:
             options = {"tasks": tasks, **({"slurm_partition": partition} if partition else {})}
-        summary = run(exp, target, gated=not no_gate, fresh=fresh, engine=engine, engine_options=options,
-                      say=lambda line: err().print(line))
+        with model_code(exp.model):
+            summary = run(exp, target, gated=not no_gate, fresh=fresh, engine=engine, engine_options=options,
+                          say=lambda line: err().print(line))
     except GateFailed as exc:
         err().print(f"[bold red]stopped before any trial[/]: specs failing their coordinate check: {exc}")
         err().print("  list them under `ungated` in the experiment file, or pass --no-gate")
@@ -549,6 +558,7 @@ def demo(out_dir: str) -> None:
     from .compile import CompileError  # noqa: PLC0415
     from .demo import run  # noqa: PLC0415
 
+    writable_dir("--out", out_dir)
     try:
         run(out_dir, say=lambda line: err().print(line))
     except (SpecError, CompileError) as exc:

@@ -75,3 +75,24 @@ def test_spec_layer_does_not_import_torch_and_is_fast():
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     assert elapsed < 5  # generous on a loaded CI machine; measured ~0.35 s wall, see the issue note
+
+
+def test_check_refuses_hostile_files_fast_and_located(tmp_path):
+    """The issue's fault-injection cases through the command: located errors, exit 2, no traceback, quickly."""
+    cases = {
+        "digits.param": ("hyper eta0 = " + "1" * 5000 + "\n", "digits.param:1:14: error: number too long"),
+        "exponent.param": ("hyper eta0 = 1e100000000\n", "exponent.param:1:14: error: number out of range"),
+        "formfeed.param": ("hyper eta0 = 1\n\fhidden { lr = eta0 * }\n", "formfeed.param:2:23: error: unexpected '}'"),
+        "negative.param": ("extends sp\nhidden { lr = (-8)^(2/3) }\n",
+                           "negative.param:2:15: error: negative number raised to the power 2/3"),
+        "deep.param": ("hyper eta0 = 1\nhidden { lr = " + "(" * 5000 + "eta0" + ")" * 5000 + " }\n",
+                       "deep.param:2:115: error: expression nested too deeply"),
+    }
+    for name, (text, _) in cases.items():
+        (tmp_path / name).write_text(text)
+    start = time.perf_counter()
+    result = run("check", *[str(tmp_path / name) for name in cases])
+    assert time.perf_counter() - start < 5
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    for _, expected in cases.values():
+        assert expected in result.output, result.output

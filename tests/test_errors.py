@@ -51,13 +51,25 @@ CASES = [
     (OK_HEAD + "residual input hidden { lr = eta0 }", "unexpected name 'hidden'", 2, 16, None),
     ("spec a\nspec b", "named twice", 2, 1, None),
     (OK_HEAD + "hidden { lr = eta0 * width^depth }", "depends on the model's size", 2, 28, None),
+    # limits (docs/language.md, "Limits")
+    (OK_HEAD + "hidden { lr = eta0 * " + "1" * 5000 + " }", "number too long", 2, 22, "at most 100 characters"),
+    (OK_HEAD + "hidden { lr = eta0 * 1e100000000 }", "number out of range", 2, 22, "1e-300"),
+    (OK_HEAD + "hidden { lr = eta0 * (-8)^(2/3) }", "negative number raised to the power 2/3", 2, 22,
+     "fractional power needs a positive base"),
+    (OK_HEAD + "hidden { lr = eta0 * width^1000 }", "exponent 1000 out of range", 2, 28, None),
+    (OK_HEAD + 'hidden "[z-a]" { lr = eta0 }', "range 'z-a' runs backwards", 2, 11, None),
+    (OK_HEAD + "hidden { lr = -eta0 }", "'lr' is negative", 2, 15, "0 or positive"),
+    (OK_HEAD + "hidden { lr = " + "(" * 200 + "eta0" + ")" * 200 + " }", "nested too deeply", 2, 115, None),
+    (OK_HEAD + "\fhidden { lr = eta0 * }", "unexpected '}'", 2, 23, "expected"),
+    (OK_HEAD + "# \u2028 \x1c \x85\nhidden { lr = eta0 * }", "unexpected '}'", 3, 22, "expected"),
+    ("hyper eta0 = 0.1\rhidden { lr = eta0 * }", "unexpected '}'", 2, 22, "expected"),
 ]
 
 
 @pytest.mark.parametrize("source,fragment,line,col,hint", CASES, ids=[c[1][:40] for c in CASES])
 def test_error_location_and_message(tmp_path, source, fragment, line, col, hint):
     path = tmp_path / "bad.param"
-    path.write_text(source)
+    path.write_text(source, newline="")
     with pytest.raises(SpecError) as info:
         load_spec(str(path))
     err = info.value

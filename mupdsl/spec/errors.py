@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourcePos:
     """A place in a source file: 1-based line and column, with an optional end on the same line."""
 
@@ -53,25 +53,57 @@ class SpecError(Exception):
         return self.render()
 
     def render(self) -> str:
-        lines = [f"{self.pos}: error: {self.message}"]
+        lines = [f"{_printable(str(self.pos))}: error: {_printable(self.message)}"]
         lines += _excerpt(self.source, self.pos)
         for text, pos in self.notes:
-            lines.append(f"{pos}: note: {text}")
+            lines.append(f"{_printable(str(pos))}: note: {_printable(text)}")
         if self.hint:
-            lines.append(f"  hint: {self.hint}")
+            lines.append(f"  hint: {_printable(self.hint)}")
         return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """Text as it can be printed on one line: every character that is not printable (a line break other than the
+    file's own, a control character) shown as a space."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def source_line(source: str, line: int) -> str | None:
+    """Line ``line`` (1-based) of ``source``, lines ending at ``\n`` only — as the parser counts them; the loader
+    has already turned ``\r\n`` and a lone ``\r`` into ``\n``. None when there is no such line."""
+    if line < 1:
+        return None
+    start = 0
+    for _ in range(line - 1):
+        start = source.find("\n", start) + 1
+        if start == 0:
+            return None
+    end = source.find("\n", start)
+    return source[start:] if end < 0 else source[start:end]
 
 
 def _excerpt(source: str | None, pos: SourcePos) -> list[str]:
     if source is None:
         return []
-    all_lines = source.splitlines()
-    if not 1 <= pos.line <= len(all_lines):
+    text = source_line(source, pos.line)
+    if text is None:
         return []
-    text = all_lines[pos.line - 1].replace("\t", " ")
+    text = _printable(text)   # one column per character: a tab, a form feed, U+2028 as a space
     width = max(1, (pos.end_col or pos.col + 1) - pos.col)
+    column = pos.col - 1
+    if len(text) > EXCERPT_CHARS:   # a long line: the part around the caret, "…" where it is cut
+        start = max(0, min(column - EXCERPT_CHARS // 3, len(text) - EXCERPT_CHARS))
+        end = start + EXCERPT_CHARS
+        shown = ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+        column = column - start + (1 if start else 0)
+        width = max(1, min(width, EXCERPT_CHARS - (pos.col - 1 - start)))
+        text = shown
     gutter = f"{pos.line:>5} | "
-    return [gutter + text, " " * (len(gutter) - 2) + "| " + " " * (pos.col - 1) + "^" * width]
+    return [gutter + text, " " * (len(gutter) - 2) + "| " + " " * column + "^" * width]
+
+
+EXCERPT_CHARS = 160
+"""A source line longer than this is shown around the caret only."""
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

@@ -51,27 +51,119 @@ NETWORK_SIZE_VARIABLES = ("width", "base_width", "width_mult", "depth", "base_de
 """The size variables that mean something for the whole network (no per-tensor fan-in/fan-out)."""
 
 
-class Expr(BaseModel):
-    """An expression node. ``kind`` is one of num, var, mul, div, pow, neg, add, sub (add/sub only in exponents)."""
+EXPR_KINDS = ("num", "var", "mul", "div", "pow", "neg", "add", "sub")
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    kind: Literal["num", "var", "mul", "div", "pow", "neg", "add", "sub"]
-    pos: SourcePos
-    text: str
-    value: Fraction | None = None
-    name: str | None = None
-    args: tuple["Expr", ...] = ()
+class Expr:
+    """An expression node. ``kind`` is one of num, var, mul, div, pow, neg, add, sub (add/sub only in exponents).
+
+    Immutable. ``text`` is the exact source text the node covers; a node read from a file keeps a reference to the
+    file's text and the span (``source``, ``span``) instead of its own copy, so that a flat product of thousands of
+    factors, each of whose prefixes is a node, costs memory linear in its length, not quadratic. A plain class
+    with ``__slots__`` (not a pydantic model): a large spec holds hundreds of thousands of nodes.
+    """
+
+    __slots__ = ("kind", "pos", "value", "name", "args", "_text", "_source", "_span")
+
+    def __init__(self, kind: str, pos: SourcePos, text: str | None = None, value: Fraction | None = None,
+                 name: str | None = None, args: tuple["Expr", ...] = (), *, source: str | None = None,
+                 span: tuple[int, int] | None = None) -> None:
+        if kind not in EXPR_KINDS:
+            raise ValueError(f"unknown expression kind {kind!r}")
+        if text is None and (source is None or span is None):
+            raise ValueError("an Expr needs its text, or its source and span")
+        setter = object.__setattr__
+        setter(self, "kind", kind)
+        setter(self, "pos", pos)
+        setter(self, "value", value)
+        setter(self, "name", name)
+        setter(self, "args", tuple(args))
+        setter(self, "_text", text)
+        setter(self, "_source", source if text is None else None)
+        setter(self, "_span", span if text is None else None)
+
+    @property
+    def text(self) -> str:
+        if self._text is not None:
+            return self._text
+        start, end = self._span
+        return self._source[start:end]
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Expr is immutable")
+
+    def regrouped(self, pos: SourcePos, source: str, span: tuple[int, int]) -> "Expr":
+        """The same node with the position and source span of the parentheses around it (a parenthesised group
+        is its inner expression, covering the parentheses too)."""
+        copy = object.__new__(Expr)
+        setter = object.__setattr__
+        for name in ("kind", "value", "name", "args"):
+            setter(copy, name, getattr(self, name))
+        setter(copy, "pos", pos)
+        setter(copy, "_text", None)
+        setter(copy, "_source", source)
+        setter(copy, "_span", span)
+        return copy
+
+    def model_copy(self, update: dict | None = None) -> "Expr":
+        """A copy with some fields replaced (the pydantic-style call the reader uses for parenthesised groups)."""
+        fields = {"kind": self.kind, "pos": self.pos, "value": self.value, "name": self.name, "args": self.args}
+        text, source, span = self._text, self._source, self._span
+        for key, value in (update or {}).items():
+            if key == "text":
+                text, source, span = value, None, None
+            elif key == "span":
+                text, span = None, value
+            elif key == "source":
+                source = value
+            else:
+                fields[key] = value
+        if text is None and source is None:
+            text = self.text
+        return Expr(text=text, source=source, span=span, **fields)
 
     def names(self) -> set[str]:
         """Every variable name the expression mentions."""
-        found = {self.name} if self.kind == "var" and self.name else set()
-        for arg in self.args:
-            found |= arg.names()
+        found: set[str] = set()
+        stack = [self]          # no recursion: an expression may be a flat product of thousands of factors
+        while stack:
+            node = stack.pop()
+            if node.kind == "var" and node.name:
+                found.add(node.name)
+            stack.extend(node.args)
         return found
+
+    def _key(self) -> tuple:
+        return (self.kind, self.pos, self.text, self.value, self.name, len(self.args))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Expr):
+            return NotImplemented
+        stack = [(self, other)]   # iterative: no recursion limit on deep expressions
+        while stack:
+            a, b = stack.pop()
+            if a is b:
+                continue
+            if a._key() != b._key():
+                return False
+            stack.extend(zip(a.args, b.args))
+        return True
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.pos, self.text))
+
+    def __repr__(self) -> str:
+        return f"Expr({self.kind}, {self.text!r} at {self.pos})"
 
     def __str__(self) -> str:
         return self.text
+
+    def __reduce__(self):
+        return (_rebuild_expr, (self.kind, self.pos, self.text, self.value, self.name, self.args))
+
+
+def _rebuild_expr(kind, pos, text, value, name, args) -> Expr:
+    return Expr(kind, pos, text, value, name, args)
 
 
 class Init(BaseModel):

@@ -1,7 +1,9 @@
-"""Reading ``.param`` text: the Lark parser for ``grammars/param.lark`` and syntax errors with positions.
+"""The grammar ``grammars/param.lark``, read by Lark, and syntax errors with positions.
 
-The parser is LALR with propagated positions, so every node of the tree knows its line, column and the
-exact source text it covers; any Lark failure becomes a :class:`~mupdsl.spec.errors.SpecError`.
+Lark's LALR parser with propagated positions (:func:`parser`) is the reference reader of the grammar: every
+syntax error message comes from it. :mod:`mupdsl.spec.parsing` reads the same grammar faster and falls back to
+this one. The expression errors both readers raise (too deep, too long, a bad number, an ambiguous exponent) are
+built here so that they read the same.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from lark import Lark, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInpu
 from lark.lexer import PatternStr
 
 from .errors import SourcePos, SpecError
+from .limits import MAX_EXPR_TOKENS, MAX_NESTING
+from .model import Expr
 
-_KEYWORDS = ("spec", "extends", "hyper", "set")
+KEYWORDS = ("spec", "extends", "hyper", "set")
 
 _TERMINAL_WORDS = {
     "NAME": "a name",
@@ -26,16 +30,62 @@ _TERMINAL_WORDS = {
 
 @functools.lru_cache(maxsize=1)
 def parser() -> Lark:
+    """Lark's LALR parser for the grammar, with positions on every node (built once)."""
     grammar = resources.files("mupdsl").joinpath("grammars/param.lark").read_text(encoding="utf-8")
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
 
 
-def parse(text: str, path: str) -> Tree:
-    """Parse ``text`` (the content of ``path``) to a Lark tree, or raise a located SpecError."""
+def lark_parse(text: str, path: str) -> Tree:
+    """Parse with Lark (the reference parser), or raise a located SpecError."""
     try:
         return parser().parse(text)
     except UnexpectedInput as exc:
-        raise _syntax_error(exc, text, path) from None
+        raise syntax_error(exc, text, path) from None
+
+
+def too_deep(pos: SourcePos, source: str | None) -> SpecError:
+    return SpecError(f"expression nested too deeply: more than {MAX_NESTING} levels of parentheses and unary minus",
+                     pos, source=source, hint="write it flat: a * b * c needs no parentheses")
+
+
+def number_error(exc: ValueError, pos: SourcePos, source: str | None) -> SpecError:
+    return SpecError(str(exc), pos, source=source,
+                     hint="numbers are 0 or between 1e-300 and 1e301 in magnitude, written in at most 100 characters")
+
+
+def division_problem(left: Expr, right: Expr, source: str | None) -> SpecError | None:
+    """``fan_in^-1/2`` reads as ``(fan_in^-1)/2``: refused as ambiguous when the divisor is a number and the power
+    before it has a bare exponent."""
+    if right.kind != "num":
+        return None
+    power = left
+    while power.kind in ("mul", "div"):
+        power = power.args[1]
+    exponent = power.args[1] if power.kind == "pow" else None
+    if exponent is None or exponent.text.startswith("("):
+        return None
+    return SpecError(f"ambiguous exponent in '{power.text}/{right.text}'", power.pos, source=source,
+                     hint=f"'^' binds tighter than '/': write {power.args[0].text}^({exponent.text}/"
+                          f"{right.text}) for a fractional power, or ({power.text})/{right.text}")
+
+
+class Broken:
+    """An expression the fast parser read but the reader must refuse (a number out of range, an ambiguous
+    exponent): its first error, raised when the reader reaches it — when it would have reached the subtree."""
+
+    __slots__ = ("error", "pos", "text")
+
+    def __init__(self, error: SpecError, pos: SourcePos, text: str) -> None:
+        self.error, self.pos, self.text = error, pos, text
+
+
+def too_long(pos: SourcePos, source: str | None) -> SpecError:
+    return SpecError(f"expression too long: more than {MAX_EXPR_TOKENS} numbers, names, operators and parentheses",
+                     pos, source=source, hint="split it: declare parts of it as hyperparameters")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Syntax errors
 
 
 def _describe(terminal: str) -> str:
@@ -57,12 +107,17 @@ def _expected(names) -> str:
     return "expected " + (words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1])
 
 
-def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
+def _end_pos(text: str, path: str) -> SourcePos:
+    lines = text.split("\n")
+    return SourcePos(path, len(lines), len(lines[-1]) + 1)
+
+
+def syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
     line = getattr(exc, "line", None)
     col = getattr(exc, "column", None)
     if not isinstance(line, int) or line < 1:
-        lines = text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
+        end = _end_pos(text, path)
+        line, col = end.line, end.col
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
         what = _char_name(char)
@@ -74,14 +129,12 @@ def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
     if isinstance(exc, UnexpectedToken):
         token = exc.token
         if token.type == "$END":
-            lines = text.splitlines() or [""]
-            pos = SourcePos(path, len(lines), len(lines[-1]) + 1)
-            return SpecError("unexpected end of file", pos, source=text,
+            return SpecError("unexpected end of file", _end_pos(text, path), source=text,
                              hint=_expected(exc.expected) or "a '}' may be missing")
         shown = str(token)
         pos = SourcePos(path, line, col, col + max(1, len(shown)))
         hint = _expected(exc.accepts or exc.expected)
-        if shown in _KEYWORDS:
+        if shown in KEYWORDS:
             hint = f"'{shown}' is a keyword; it starts a top-level statement. " + hint
         return SpecError(f"unexpected {_token_name(token.type, shown)}", pos, source=text, hint=hint or None)
     if isinstance(exc, UnexpectedEOF):

@@ -26,9 +26,25 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+)
+
+MAX_FILE_BYTES = 1024 * 1024
+"""An experiment file is at most 1 MiB."""
+MAX_GRID = 1000
+"""A learning-rate grid (explicit, log or adaptive) has at most 1,000 values."""
+MAX_INT = 2**31 - 1
+"""Sizes, counts and steps are at most 2^31 - 1."""
+SEED_LIMIT = 2**63
+"""Seeds are in [0, 2^63): they are stored as SQLite integers."""
+MAX_NAME_BYTES = 200
+"""The experiment's name (a folder name, out/NAME[_small]) and each spec name (in figure file names such as
+consistency_NAME.png) are at most 200 bytes: file names are at most 255."""
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,4})?")
+"""Device names: auto, cpu, mps, cuda or cuda:N."""
 
 
 class ExperimentError(Exception):
@@ -43,10 +59,16 @@ class ExperimentError(Exception):
 
 
 class LogGrid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     min: float = Field(gt=0)
     max: float = Field(gt=0)
-    num: int = Field(ge=2)
+    num: int = Field(ge=2, le=MAX_GRID)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LogGrid":
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min:g}) must be below max ({self.max:g})")
+        return self
 
     def values(self) -> list[float]:
         a, b = math.log(self.min), math.log(self.max)
@@ -57,11 +79,22 @@ class AdaptiveGrid(BaseModel):
     """Seed 003's search: from a large η downward by ``factor`` until the first trial that converges, then
     ``below`` more steps under it (so each size gets its own window around its largest stable rate)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     start: float = Field(gt=0)
     factor: float = Field(2.0, gt=1)
-    below: int = Field(4, ge=1)
+    below: int = Field(4, ge=1, le=MAX_GRID)
     floor: float = Field(1e-6, gt=0)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "AdaptiveGrid":
+        if self.floor > self.start:
+            raise ValueError(f"floor ({self.floor:g}) must be at most start ({self.start:g})")
+        steps = (math.log(self.start) - math.log(self.floor)) / math.log(self.factor)
+        if not steps < MAX_GRID:
+            raise ValueError(f"the search may visit {steps:,.0f} learning rates (from {self.start:g} down to "
+                             f"{self.floor:g} by factors of {self.factor:g}); at most {MAX_GRID} are allowed: raise "
+                             "factor or floor")
+        return self
 
     def values(self) -> list[float]:
         """Every rate the search may visit, largest first."""
@@ -73,7 +106,7 @@ class AdaptiveGrid(BaseModel):
 
 
 class Measure(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sharpness_every: int = Field(0, ge=0)
     top_k: int = Field(1, ge=1)
     eval_every: int = Field(10, ge=1)
@@ -86,9 +119,52 @@ class Measure(BaseModel):
     ntk: bool = False
     """Top eigenvalue of the empirical NTK J S² Jᵀ / n on the measurement batch (small models: dense Jacobian)."""
 
+    @field_validator("sharpness_every", "top_k", "eval_every", "batch_size", "trace_samples")
+    @classmethod
+    def _bounded(cls, value: int, info) -> int:
+        if value > MAX_INT:
+            raise ValueError(f"{info.field_name} is at most {MAX_INT}")
+        return value
+
+
+def _lrs_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "adaptive" if "start" in value else "grid"
+    if isinstance(value, AdaptiveGrid):
+        return "adaptive"
+    if isinstance(value, LogGrid):
+        return "grid"
+    return "list"
+
+
+Lrs = Annotated[
+    Union[Annotated[list[float], Tag("list")], Annotated[LogGrid, Tag("grid")],
+          Annotated[AdaptiveGrid, Tag("adaptive")]],
+    Discriminator(_lrs_kind),
+]
+"""An explicit list, a log grid ``{min, max, num}`` or an adaptive search ``{start, factor, below, floor}``."""
+
+
+def _unique(values: list, what: str) -> None:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{what} {v!r} is listed twice")
+        seen.add(v)
+
+
+def _file_name_part(text: str, what: str) -> str:
+    if not text.strip():
+        raise ValueError(f"{what} is empty")
+    if len(text.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ValueError(f"{what} is {len(text.encode('utf-8'))} bytes long; at most {MAX_NAME_BYTES} (it names files)")
+    if "\x00" in text or any(ord(ch) < 32 for ch in text):
+        raise ValueError(f"{what} contains a control character")
+    return text
+
 
 class Experiment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     specs: list[str] = Field(min_length=1)
@@ -114,7 +190,7 @@ class Experiment(BaseModel):
     """Depths to sweep (transfer across depth, seed 002 Fig. 4); the base depth defaults to the smallest."""
     base_depth: int | None = None
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lrs: list[float] | LogGrid | AdaptiveGrid
+    lrs: Lrs
     seeds: list[int] = [0]
     gammas: list[float] = []
     gamma_name: str = "gamma0"
@@ -138,7 +214,100 @@ class Experiment(BaseModel):
     def _positive(cls, widths: list[int]) -> list[int]:
         if any(w <= 0 for w in widths):
             raise ValueError("widths must be positive")
+        if any(w > MAX_INT for w in widths):
+            raise ValueError(f"widths are at most {MAX_INT}")
+        _unique(widths, "width")
         return sorted(widths)
+
+    @field_validator("depths", "coordcheck_widths")
+    @classmethod
+    def _positive_unique(cls, values: list[int], info) -> list[int]:
+        if any(not 1 <= v <= MAX_INT for v in values):
+            raise ValueError(f"{info.field_name} must be positive integers (at most {MAX_INT})")
+        _unique(values, info.field_name.rstrip("s").replace("_width", " width"))
+        return values
+
+    @field_validator("base_width", "depth", "base_depth", "input_dim", "context", "steps", "batch_size", "warmup",
+                     "threads", "num_samples")
+    @classmethod
+    def _bounded_int(cls, value: int | None, info) -> int | None:
+        if value is not None and value > MAX_INT:
+            raise ValueError(f"{info.field_name} is at most {MAX_INT}")
+        if value is not None and value < 1 and info.field_name in ("base_width", "depth", "base_depth"):
+            raise ValueError(f"{info.field_name} must be at least 1")
+        return value
+
+    @field_validator("lrs")
+    @classmethod
+    def _learning_rates(cls, lrs):
+        if isinstance(lrs, list):
+            if not lrs:
+                raise ValueError("give at least one learning rate")
+            if len(lrs) > MAX_GRID:
+                raise ValueError(f"{len(lrs)} learning rates; at most {MAX_GRID}")
+            bad = [lr for lr in lrs if not lr > 0]
+            if bad:
+                raise ValueError(f"learning rates must be positive, not {bad[0]:g}")
+            _unique(lrs, "learning rate")
+        return lrs
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("give at least one seed")
+        bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+        if bad:
+            raise ValueError(f"seed {bad[0]} is out of range: seeds are in [0, 2^63)")
+        _unique(seeds, "seed")
+        return seeds
+
+    @field_validator("gammas")
+    @classmethod
+    def _gammas(cls, gammas: list[float]) -> list[float]:
+        bad = [g for g in gammas if not g > 0]
+        if bad:
+            raise ValueError(f"gammas must be positive, not {bad[0]:g}")
+        if len(gammas) > MAX_GRID:
+            raise ValueError(f"{len(gammas)} gammas; at most {MAX_GRID}")
+        _unique(gammas, "gamma")
+        return gammas
+
+    @field_validator("gamma_name")
+    @classmethod
+    def _gamma_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"'{name}' is not a hyperparameter name")
+        return name
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        _file_name_part(name, "the name")
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError("the name is a folder name (out/NAME): no '/', '\\', '.' or '..'")
+        return name
+
+    @field_validator("specs")
+    @classmethod
+    def _specs(cls, specs: list[str]) -> list[str]:
+        from ..spec import find_spec_file, preset_names  # noqa: PLC0415
+        from ..spec.errors import did_you_mean  # noqa: PLC0415
+
+        for spec in specs:
+            _file_name_part(spec, f"spec '{spec[:40]}'")
+            if find_spec_file(spec) is None:
+                hint = did_you_mean(Path(spec).stem, preset_names())
+                raise ValueError(f"no spec file or preset '{spec}'" + (f" ({hint})" if hint else ""))
+        _unique(specs, "spec")
+        return specs
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise ValueError(f"unknown device '{device}': use auto, cpu, mps, cuda or cuda:N")
+        return device
 
     @model_validator(mode="after")
     def _check(self) -> "Experiment":
@@ -181,27 +350,113 @@ def _line_of(text: str, key: str) -> int:
     leaf = key.split(".")[-1]
     match = re.search(rf"^\s*{re.escape(leaf)}\s*=", text, re.MULTILINE)
     if match is None and "." in key:
-        match = re.search(rf"^\s*\[{re.escape(key.split('.')[0])}\]", text, re.MULTILINE)
+        first = re.escape(key.split(".")[0])
+        match = re.search(rf"^\s*\[{first}\]", text, re.MULTILINE) or re.search(rf"^\s*{first}\s*=", text,
+                                                                                   re.MULTILINE)
     return text[: match.start()].count("\n") + 1 if match else 1
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine (no CUDA, cuda:9 on a machine with one GPU), or None."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        return f"unknown device '{device}': use auto, cpu, mps, cuda or cuda:N"
+    if device in ("auto", "cpu"):
+        return None
+    import torch  # noqa: PLC0415
+
+    if device == "mps":
+        available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return None if available else "device 'mps' is not available on this machine"
+    if not torch.cuda.is_available():
+        return f"device '{device}': CUDA is not available on this machine (use cpu or auto)"
+    count = torch.cuda.device_count()
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= count:
+        return f"device '{device}' does not exist: this machine has {count} CUDA device{'s' if count != 1 else ''} " \
+               f"(cuda:0{f' … cuda:{count - 1}' if count > 1 else ''})"
+    return None
+
+
+def _nesting_line(text: str, limit: int = 64) -> int:
+    """The line where arrays and inline tables first nest deeper than ``limit`` (strings and comments skipped)."""
+    depth, line, i, quote = 0, 1, 0, None
+    while i < len(text):
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        if quote:
+            if ch == "\\" and quote == '"':
+                i += 2
+                continue
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif ch in "]}":
+            depth -= 1
+        i += 1
+    return 1
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ExperimentError(str(path), 0, "file", f"too large ({size:,} bytes); an experiment file is at most "
+                                                         f"{MAX_FILE_BYTES:,} bytes")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExperimentError(str(path), 0, "file", exc.strerror or "cannot read") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ExperimentError(str(path), line, "file", "not UTF-8 text" + (
+            " (it looks like UTF-16)" if utf16 else f" (byte 0x{data[exc.start]:02x})") + "; save it as UTF-8") from None
+
+
+_TAGS = {"list", "grid", "adaptive"}
+
+
+def _key(loc: tuple) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int) or (parts and parts[0] == "lrs" and p in _TAGS):
+            continue
+        parts.append(str(p))
+    return ".".join(parts) or "experiment"
 
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ExperimentError(str(path), 0, "file", exc.strerror or "cannot read") from None
+    text = _read_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"line (\d+)", str(exc))
-        line = int(found.group(1)) if found else max(len(text.splitlines()), 1)
+        line = int(found.group(1)) if found else max(text.count("\n") + (not text.endswith("\n")), 1)
         raise ExperimentError(str(path), line, "syntax", str(exc).split(" (at")[0]) from None
+    except RecursionError:
+        raise ExperimentError(str(path), _nesting_line(text), "syntax",
+                              "arrays and tables nest too deeply") from None
     data.update(overrides or {})
     try:
         return Experiment.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "experiment"
-        key = key.split(".LogGrid")[0].replace(".list[float]", "")
-        raise ExperimentError(str(path), _line_of(text, key), key, err["msg"]) from None
+        key = _key(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        raise ExperimentError(str(path), _line_of(text, key), key, message) from None
+    except RecursionError:
+        raise ExperimentError(str(path), _nesting_line(text), "experiment", "values nest too deeply") from None

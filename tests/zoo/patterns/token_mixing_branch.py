@@ -20,7 +20,6 @@ channel MLP is the usual hidden pair (fan_in w and 4w).  The residual stream its
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 VOCAB = 64
 SEQ_LEN = 8
