@@ -140,16 +140,32 @@ def test_zoo_depth_mup(name):
     assert plan.checks["carried"].startswith("verified")
 
 
-COORD = sorted(EXPECTED)
+COORD = sorted(EXPECTED) + ["tv_swin"]
+COORD_WIDTHS = {   # where 64–256 (and the added 512) cannot decide: measured 2026-11-29, docs/models.md
+    "timm_mixer": (64, 128, 256, 512, 1024),            # µP: mlp_tokens.fc2 −0.28/−0.35 at 64–512, flat to 2048
+    "timm_vit": (64, 128, 256, 512, 1024),              # µP: blocks.1.mlp.fc2 −0.31 at 64–512, flat to 1024
+    "tv_resnet_bottleneck": (64, 128, 256, 512),        # SP: BatchNorm hides SP's blow-up up to width 256
+}
+MUP_FAILS = {   # µP itself is not what the model needs, with the reason (docs/models.md)
+    "hf_t5": "T5 multiplies by d_model**-0.5 before its tied readout: a width-dependent constant µP's 1/width "
+             "lands on (the compile warns); µP for T5 needs a spec that accounts for it",
+}
+KEEP_ATTENTION = "spec mup_keep_attention\nextends mup\nnetwork { attention = keep }\n"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", COORD)
-def test_zoo_coordcheck_mup_passes_sp_fails(name):
+def test_zoo_coordcheck_mup_passes_sp_fails(name, tmp_path):
     from mupdsl.measure import coordcheck
 
     model = str(ZOO / f"{name}.py")
-    kw = dict(widths=(64, 128, 256), seeds=2, steps=3, batch_size=8, optimizer="adam")
-    mup = coordcheck("mup", model, **kw)
+    mup = "mup"
+    if name == "tv_swin":   # its attention scale cannot be carried (test above): µP with the model's own scale
+        mup = tmp_path / "keep.param"
+        mup.write_text(KEEP_ATTENTION)
+        mup = str(mup)
+    kw = dict(widths=COORD_WIDTHS.get(name, (64, 128, 256)), seeds=2, steps=3, batch_size=8, optimizer="adam")
+    mup_result = coordcheck(mup, model, **kw)
     sp = coordcheck("sp", model, **kw)
-    assert (mup.verdict, sp.verdict) == ("PASS", "FAIL"), (mup.failures[:3], mup.reports)
+    expected = "FAIL" if name in MUP_FAILS else "PASS"
+    assert (mup_result.verdict, sp.verdict) == (expected, "FAIL"), (mup_result.failures[:3], mup_result.reports)

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .taps import is_part  # noqa: E402
+
 MAX_LINES = 12
 
 
@@ -23,7 +25,7 @@ def plot_coordcheck(result, path: str | os.PathLike) -> None:
     colors = {key: palette(i % 20) for i, key in enumerate(sorted({k for (k, _, _) in slopes}))}
     for step, ax in enumerate(axes[0]):
         quantity = "rms" if step == 0 else "delta_rms"
-        keys = sorted({k for (k, st, q) in slopes if st == step and q == quantity},
+        keys = sorted({k for (k, st, q) in slopes if st == step and q == quantity and not is_part(k)},
                       key=lambda k: (-abs(slopes[(k, step, quantity)]["slope"]), k))[:MAX_LINES]
         for key in keys:
             xs, ys = [], []
