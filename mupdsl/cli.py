@@ -19,8 +19,8 @@ from .cli_input import (
     MAX_EXTEND, MAX_SIZE, BadInput, compile_error, device_flag, err, float_flag, int_flag, load, model_code, out,
     parse_sets, seed_flag, writable_dir, writable_file,
 )
-from .spec import OPTIMIZERS, SpecError, differences, explain, load_spec, preset_names
-from .spec.abc import Explanation, fmt
+from .cli_output import explanation_json, print_coordcheck, print_explanation, print_plan
+from .spec import OPTIMIZERS, SpecError, differences, explain, load_spec
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
 
@@ -95,74 +95,10 @@ def explain_cmd(specs: tuple[str, ...], optimizer: str | None, sets: tuple[str, 
     explanations = [explain(spec, opt) for opt in optimizers]
     if as_json:
         click.echo(json.dumps({"spec": spec.name, "path": spec.path,
-                               "optimizers": {e.optimizer: _explanation_json(e) for e in explanations}}))
+                               "optimizers": {e.optimizer: explanation_json(e) for e in explanations}}))
         return
     for e in explanations:
-        _print_explanation(e)
-
-
-def _equivalent_presets(e: Explanation) -> list[str]:
-    out = []
-    for name in preset_names():
-        other = load_spec(name)
-        if other.path != e.spec.path and not differences(e.spec, other, e.optimizer):
-            out.append(name)
-    return out
-
-
-def _explanation_json(e: Explanation) -> dict:
-    def row(r):
-        if r is None:
-            return None
-        return {"a": fmt(r.a), "b": fmt(r.b), "c": fmt(r.c), "depth": {"a": fmt(r.a_depth), "b": fmt(r.b_depth),
-                "c": fmt(r.c_depth)}, "rules": r.texts, "sources": r.rules}
-    return {
-        "roles": {role: row(r) for role, r in e.roles.items()},
-        "residual_roles": {role: row(r) for role, r in e.residual_roles.items()
-                           if r and not r.same_rule(e.roles[role])},
-        "network": {"gamma": str(e.network.gamma), "tau": str(e.network.tau), "alpha": fmt(e.network.alpha),
-                    "branch": str(e.network.branch), "attention": str(e.network.attention)
-                    if e.network.attention else None, "center": e.network.center},
-        "equivalent_presets": _equivalent_presets(e),
-    }
-
-
-def _print_explanation(e: Explanation) -> None:
-    spec = e.spec
-    table = Table(title=f"{spec.name} ({spec.path}) — {e.optimizer}", title_justify="left")
-    for col in ("role", "init", "mult", "lr", "a", "b", "c", "inv a+b", "2a+c" if e.optimizer == "sgd" else "a+c",
-                "depth (a,b,c)", "rules"):
-        table.add_column(col, overflow="fold")
-    rows = [(role, r) for role, r in e.roles.items()]
-    rows += [(f"residual {role}", r) for role, r in e.residual_roles.items()
-             if r and not r.same_rule(e.roles[role])]
-    for role, r in rows:
-        if r is None:
-            table.add_row(role, *(["[dim]undecided[/]"] + [""] * 10))
-            continue
-        inv = r.invariants(e.optimizer)
-        depth = f"({fmt(r.a_depth)}, {fmt(r.b_depth)}, {fmt(r.c_depth)})"
-        lines = sorted({Path(r.rules[k].rsplit(":", 1)[0]).name for k in ("init", "mult", "lr")})
-        table.add_row(role, r.texts.get("init", ""), r.texts.get("mult", ""), r.texts.get("lr", ""),
-                      fmt(r.a), "zero" if r.b is None else fmt(r.b), fmt(r.c), "zero" if inv[0] is None
-                      else fmt(inv[0]), fmt(inv[1]), depth, ", ".join(lines))
-    out().print(table)
-    net = e.network
-    out().print(f"  network: gamma = {net.gamma}, tau = {net.tau}, alpha = {fmt(net.alpha)}, branch = {net.branch}, "
-                 f"attention = {net.attention if net.attention else 'model default'}, center = {net.center}")
-    globs = [r for r in spec.rules if r.selector.glob is not None and r.section in ("all", e.optimizer)]
-    for r in globs:
-        settings = "; ".join(f"{k} = {s.text}" for k, s in r.settings.items())
-        out().print(f"  by name: {r.selector} {{ {settings} }}  ({r.pos})")
-    same = _equivalent_presets(e)
-    out().print(f"  symmetry class ({e.optimizer}): " + (f"equivalent to {', '.join(same)}" if same
-                 else "equivalent to no other preset") + "\n")
-
-
-def _fmt_num(value: float | None) -> str:
-    if value is None:
-        return "default"
-    return f"{value:.4g}"
+        print_explanation(e)
 
 
 @main.command("compile")
@@ -215,44 +151,7 @@ def compile_cmd(spec, model, width, base_width, depth, base_depth, optimizer, se
     if as_json:
         click.echo(json.dumps(doc))
         return
-    _print_plan(plan, elapsed)
-
-
-def _print_plan(plan, elapsed: float) -> None:
-    net = plan.network
-    title = (f"{plan.spec_name} on {plan.model} — {plan.optimizer}, width {net.width} (base {net.base_width}), "
-             f"depth {net.depth} (base {net.base_depth}), analysed with {plan.frontend} in {elapsed:.2f} s")
-    table = Table(title=title, title_justify="left")
-    for col in ("tensor", "shape", "role", "scaling", "init", "init std", "mult", "lr", "wd", "eps", "carried", "rule"):
-        table.add_column(col, overflow="fold")
-    for t in plan.tensors:
-        role = t.role + (" (res)" if t.residual else "") + (f" = {', '.join(t.tied_to)}" if t.tied_to else "")
-        mult = _fmt_num(t.mult) + ("".join(f" / {_fmt_num(m)} as readout" for n, m in t.use_mults.items()
-                                           if m != t.mult))
-        c = t.carried
-        carried = "as is" if c is None or c.fold == 1.0 else f"W = {_fmt_num(c.fold)}·w: lr {_fmt_num(c.lr)}" + (
-            f", eps {_fmt_num(c.eps)}" if c.eps is not None else "")
-        table.add_row(t.name, "×".join(map(str, t.shape)), role, ",".join(map(str, t.scaling_dims)) or "-",
-                      t.init, _fmt_num(t.init_std), mult, _fmt_num(t.lr), _fmt_num(t.wd), _fmt_num(t.eps), carried,
-                      t.rule)
-    out().print(table)
-    out().print(f"  network: gamma = {net.gamma:.4g}, tau = {net.tau:g}, alpha = {net.alpha:g}, "
-                f"branch = {net.branch:.4g}, center = {net.center}")
-    for b in plan.residual_blocks:
-        out().print(f"  residual sum at {b.node} ({b.module or 'model'}): skip {b.skip}, "
-                    + ", ".join(f"branch {br.node} (k = {br.k})" + (f": {br.carried_by}" if br.carried_by else "")
-                                for br in b.branches))
-    for a in plan.attention:
-        out().print(f"  attention at {a.node} ({a.kind}, {a.module or 'model'}): d_head {a.d_head} (base {a.base_d_head}),"
-                    f" the model's scale {_fmt_num(a.own_scale)} -> {_fmt_num(a.scale)}: {a.carried_by}")
-    out().print(f"  readout: {', '.join(plan.readouts) or 'none found'}")
-    for m in plan.runtime:
-        out().print(f"  runtime: {m.kind} × {_fmt_num(m.factor)} on {m.module or 'the model'}"
-                    + (f" ({len(m.features)} features)" if m.features else "") + f" — {m.reason}")
-    if plan.leaves:
-        out().print(f"  untraceable submodules kept whole: {', '.join(plan.leaves)}")
-    for key, value in plan.checks.items():
-        out().print(f"  check {key}: {value}")
+    print_plan(plan, elapsed)
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -333,37 +232,8 @@ def coordcheck_cmd(spec, model, widths, base_width, depth, base_depth, steps, op
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
-        _print_coordcheck(result)
+        print_coordcheck(result)
     sys.exit(0 if result.verdict == "PASS" else 1)
-
-
-def _print_coordcheck(result) -> None:
-    table = Table(title=f"coordinate check: {result.spec} on {result.model} ({result.optimizer}, eta0 = "
-                        f"{result.eta0:g}, widths {result.widths}, {result.seeds} seeds)", title_justify="left")
-    table.add_column("entry", overflow="fold")
-    for step in range(result.steps + 1):
-        table.add_column(f"t={step}" + (" out" if step == 0 else " Δ"), justify="right")
-    keys = sorted({s["key"] for s in result.slopes})
-    index = {(s["key"], s["step"], s["quantity"]): s for s in result.slopes}
-    failing = {(f["key"], f["step"], f["quantity"]) for f in result.failures}
-    for key in keys:
-        cells = []
-        for step in range(result.steps + 1):
-            quantity = "rms" if step == 0 else "delta_rms"
-            s = index.get((key, step, quantity))
-            text = "—" if s is None else f"{s['slope']:+.2f}"
-            cells.append(f"[bold red]{text}[/]" if (key, step, quantity) in failing else text)
-        table.add_row(key, *cells)
-    out().print(table)
-    out().print("  slopes of log(RMS) against log(width): t=0 the activation, t≥1 its change since init")
-    for report in result.reports:
-        out().print(f"  note: {report}")
-    if result.verdict == "PASS":
-        out().print(f"[bold green]PASS[/]: every entry's update is width-independent (|slope| ≤ {result.tolerance:g})")
-        return
-    out().print(f"[bold red]FAIL[/]: {len(result.failures)} width-dependent entries")
-    for f in result.failures[:20]:
-        out().print(f"  {f['key']} at t={f['step']}: {f['why']} (slope {f['slope']:+.2f}, {f['symptom']})")
 
 
 @main.command("sharpness")
@@ -483,9 +353,11 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
 @click.option("--json", "as_json", is_flag=True)
 def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_task, no_gate, fresh, small,
               as_json) -> None:
-    """Run (or resume) a sweep from an experiment file; write the store, figures and report.md."""
+    """Run (or resume) a sweep from an experiment file; write the store, figures and report.md. Exit 1 when a
+    spec that claims transfer (not `ungated`) gets transfer FAIL; UNDECIDED exits 0."""
     from .compile import CompileError  # noqa: PLC0415
-    from .sweep import ExperimentError, GateFailed, load_experiment, run, write_report  # noqa: PLC0415
+    from .sweep import (ExperimentError, GateFailed, failed_claims, load_experiment, run,  # noqa: PLC0415
+                        sweep_document, write_report)
 
     from .data import DataMissing  # noqa: PLC0415
     from .sweep.experiment import small as make_small  # noqa: PLC0415
@@ -523,31 +395,41 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_t
     except DataMissing as exc:
         raise BadInput(f"error: {exc}") from None
     report, analysis = write_report(target)
-    doc = {"size": exp.size, "trials": summary.trials, "ran": summary.ran, "skipped": summary.skipped, "diverged": summary.diverged,
-           "crashed": summary.crashed,
-           "specs": {s: {"eta_star": {str(w): v for w, v in a["eta_star"].items()}, "shift": a["shift"],
-                         "transfer": a["transfer"], "bracketed": a["bracketed"]} for s, a in analysis.items()}}
-    if as_json:
-        click.echo(json.dumps(doc))
-        return
-    for spec, a in doc["specs"].items():
-        stars = ", ".join(f"{w}: {v:.3g}" for w, v in a["eta_star"].items())
-        edge = "" if a["bracketed"] else " (η* at the grid's edge)"
-        out().print(f"{spec}: η* {stars}; shift {a['shift']:.2f} grid steps: {a['transfer']}{edge}")
-    out().print(f"report: {report}")
+    doc = sweep_document(target, analysis)
+    doc.update(ran=summary.ran, skipped=summary.skipped, planned=summary.trials, report=str(report))
+    show_results(doc, as_json)
+    failed = failed_claims(doc)
+    if failed:
+        err().print(f"transfer FAIL for {', '.join(failed)} (specs that claim transfer; list a spec under `ungated` "
+                    "if it is not expected to transfer)")
+        sys.exit(1)
 
 
 @main.command("report")
 @click.argument("directory", type=click.Path())
-def report_cmd(directory) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout.")
+def report_cmd(directory, as_json) -> None:
     """Write DIRECTORY/report.md (figures beside it) from a sweep's store."""
-    from .sweep import write_report  # noqa: PLC0415
+    from .sweep import sweep_document, write_report  # noqa: PLC0415
 
     try:
-        path, _ = write_report(directory)
+        path, analysis = write_report(directory)
     except FileNotFoundError as exc:
         raise BadInput(f"error: {exc}") from None
-    out().print(f"report: {path}")
+    doc = sweep_document(directory, analysis)
+    doc["report"] = str(path)
+    show_results(doc, as_json)
+
+
+def show_results(doc: dict, as_json: bool) -> None:
+    """A sweep's results: the JSON document on stdout, or per spec η*, the shift and both verdicts."""
+    from .sweep.results import summary_lines  # noqa: PLC0415
+
+    if as_json:
+        click.echo(json.dumps(doc, allow_nan=False))
+        return
+    for line in summary_lines(doc):
+        out().print(line, markup=False, highlight=False)
 
 
 @main.command()

@@ -99,12 +99,16 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
     counts = run_sweep(exp, out / "sweep", say=lambda line: say("  " + line))
     report, analysis = write_report(out / "sweep")
     summary["sweep"] = {"trials": counts.trials, "ran": counts.ran, "report": str(report),
-                        "specs": {s: {"eta_star": a["eta_star"], "shift": a["shift"], "transfer": a["transfer"]}
+                        "specs": {s: {k: a[k] for k in ("eta_star", "shift", "transfer", "transfer_reason",
+                                                        "wider_is_better", "wider_is_better_reason")}
                                   for s, a in analysis.items()}}
     save()
     for spec, a in analysis.items():
-        stars = ", ".join(f"{w}: {v:.3g}" for w, v in a["eta_star"].items())
-        say(f"  {spec}: η* {stars}; shift {a['shift']:.2f} grid steps: {a['transfer']}")
+        stars = ", ".join(f"{w}: {v:.3g}" if v is not None else f"{w}: — ({a['failed'].get(w, 'no η*')})"
+                          for w, v in a["eta_star"].items())
+        shift = "—" if a["shift"] is None else f"{a['shift']:.2f}"
+        say(f"  {spec}: η* {stars}; shift {shift} grid steps: transfer {a['transfer']} ({a['transfer_reason']}); "
+            f"wider is better {a['wider_is_better']}")
     say(f"  report -> {report}")
     say(f"done: results in {out}/")
     return summary

@@ -1,5 +1,15 @@
 """Learning-rate transfer: η* per size by parabolic interpolation in log η around the grid minimum, the shift of
-η* across sizes in grid steps, and the verdict (PASS when the shift is at most one grid step; design.md §4)."""
+η* across sizes in grid steps, and two verdicts per spec (design.md §4):
+
+- **transfer** — PASS when η* moves at most one grid step across the sizes, FAIL when it moves more; UNDECIDED
+  (with the reason) unless there are at least ``MIN_SIZES`` sizes, every size has an η* (some trial converged)
+  and every η* is bracketed inside the grid (:func:`bracketed`). See :func:`transfer_verdict`.
+- **wider is better** — the best loss over the grid does not get worse with size beyond noise (TP5; under NTP
+  η* can stay while feature learning fades with width). See :func:`wider_verdict`.
+
+Sizes whose every trial diverged or crashed are kept, with the reason, never dropped; trials of a γ sweep are
+left to :func:`phase` (slopes, no transfer verdict).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,15 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+
+MIN_SIZES = 3
+"""Sizes a transfer verdict needs: two η* always lie on a line and say nothing about a trend."""
+MAX_SHIFT = 1.0
+"""The largest shift of η* across sizes, in grid steps, that still counts as transfer."""
+REL_TOL = 0.02
+"""With one seed, "wider is better" tolerates a wider size's best loss up to 2 % above a narrower one's."""
+NOISE_SIGMAS = 2.0
+"""With several seeds, it tolerates this many standard errors of the difference of the two means."""
 
 
 def eta_star(lrs: list[float], losses: list[float]) -> float:
@@ -32,34 +51,157 @@ def eta_star(lrs: list[float], losses: list[float]) -> float:
 
 
 def grid_step(lrs: list[float]) -> float:
+    """The median spacing of the grid in log η (1 for a one-point grid)."""
     x = np.log(np.sort(np.asarray(lrs, dtype=float)))
     return float(np.median(np.diff(x))) if len(x) > 1 else 1.0
 
 
+def bracketed(lrs: list[float], losses: list[float]) -> bool:
+    """Whether the grid minimum (a diverged rate counts as +inf) has a grid point on each side: η* is then
+    inside the grid. At the first or last rate the optimum may lie beyond the grid, and so may any shift."""
+    order = np.argsort(lrs)
+    y = np.asarray(losses, dtype=float)[order]
+    if not np.any(np.isfinite(y)):
+        return False
+    i = int(np.nanargmin(np.where(np.isfinite(y), y, np.nan)))
+    return 0 < i < len(y) - 1
+
+
+def unconverged_reason(statuses: list[str]) -> str | None:
+    """Why a size has no η*: None when some trial finished; else which way all of them ended."""
+    if "done" in statuses:
+        return None
+    kinds = sorted(set(statuses))
+    if kinds == ["diverged"]:
+        return "every trial diverged"
+    if kinds == ["crashed"]:
+        return "every trial crashed"
+    return "every trial diverged or crashed"
+
+
+def shift_of(stars: dict[Any, float | None], step: float) -> float | None:
+    """max − min of log η* over the sizes that have one, in grid steps; None with fewer than two."""
+    logs = [math.log(v) for v in stars.values() if v is not None and math.isfinite(v) and v > 0]
+    return (max(logs) - min(logs)) / step if len(logs) > 1 else None
+
+
+def transfer_verdict(stars: dict[Any, float | None], inside: dict[Any, bool], step: float,
+                     failed: dict[Any, str] | None = None, size: str = "width") -> tuple[str, str]:
+    """The transfer verdict and its reason.
+
+    UNDECIDED when fewer than ``MIN_SIZES`` sizes were swept, when a size has no η* (every trial diverged or
+    crashed: ``failed`` gives why, else "no η*"), or when an η* is not bracketed (``inside`` false: the grid
+    minimum is its first or last rate) — the reasons are joined. Otherwise PASS when the shift of η*
+    (:func:`shift_of`) is at most ``MAX_SHIFT`` grid steps, FAIL when it is more."""
+    failed = failed or {}
+    reasons = []
+    missing = [w for w, v in stars.items() if v is None or not math.isfinite(v)]
+    if stars and len(missing) == len(stars):
+        reasons.append(f"no {size} has an η*: " + ", ".join(sorted({failed.get(w, "no η*") for w in missing})))
+    else:
+        reasons += [f"{size} {w}: {failed.get(w, 'no η*')}" for w in sorted(missing)]
+    if len(stars) < MIN_SIZES:
+        reasons.append(f"{len(stars)} {size}{'s' if len(stars) != 1 else ''} swept; a transfer verdict needs at "
+                       f"least {MIN_SIZES}")
+    shift = shift_of(stars, step)
+    edges = [w for w in sorted(stars) if w not in missing and not inside.get(w, False)]
+    if edges:
+        bound = f" (shift ≥ {shift:.2f} grid steps)" if shift is not None else ""
+        reasons.append(f"η* at the grid's edge at {size} {', '.join(map(str, edges))}: widen the grid{bound}")
+    if reasons:
+        return "UNDECIDED", "; ".join(reasons)
+    if shift is None:   # unreachable with MIN_SIZES ≥ 2 sizes that all have an η*
+        return "UNDECIDED", "fewer than two η*"
+    if shift <= MAX_SHIFT + 1e-9:
+        return "PASS", f"η* moves {shift:.2f} grid steps across {len(stars)} {size}s (at most {MAX_SHIFT:g})"
+    return "FAIL", f"η* moves {shift:.2f} grid steps across {len(stars)} {size}s (more than {MAX_SHIFT:g})"
+
+
+def noise(a: list[float], b: list[float]) -> float:
+    """How much two best losses may differ by chance: ``NOISE_SIGMAS`` standard errors of the difference of
+    their means when both come from more than one seed, else ``REL_TOL`` of the first (the narrower size's)."""
+    if len(a) > 1 and len(b) > 1:
+        se2 = np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)
+        return float(NOISE_SIGMAS * math.sqrt(se2))
+    return REL_TOL * abs(float(np.mean(a)))
+
+
+def wider_verdict(best: dict[Any, list[float] | None], failed: dict[Any, str] | None = None,
+                  size: str = "width") -> tuple[str, str]:
+    """"Wider is better" and its reason. ``best`` holds, per size, the per-seed final losses at its best rate
+    (the grid point with the lowest mean, not an interpolated minimum: a grid too coarse for the loss's
+    curvature adds its own spread), or None where no rate converged.
+
+    FAIL when some size's best mean loss exceeds a narrower size's by more than :func:`noise` (the worst such
+    pair is named); else UNDECIDED when fewer than two sizes have a best loss or some size has none; else PASS."""
+    failed = failed or {}
+    have = sorted(w for w, v in best.items() if v)
+    worst = None
+    for i, narrow in enumerate(have):
+        for wide in have[i + 1:]:
+            a, b = best[narrow], best[wide]
+            excess = float(np.mean(b) - np.mean(a))
+            tol = noise(a, b)
+            if excess > tol and (worst is None or excess - tol > worst[0]):
+                worst = (excess - tol, narrow, wide, float(np.mean(a)), float(np.mean(b)), tol)
+    if worst is not None:
+        _, narrow, wide, a, b, tol = worst
+        return "FAIL", (f"best loss at {size} {wide} ({b:.4g}) is above {size} {narrow}'s ({a:.4g}) by "
+                        f"{b - a:.3g}, beyond the noise {tol:.2g}")
+    missing = [w for w in sorted(best) if not best[w]]
+    if missing:
+        return "UNDECIDED", "; ".join(f"{size} {w}: {failed.get(w, 'no converged trial')}" for w in missing)
+    if len(have) < 2:
+        return "UNDECIDED", f"{len(have)} {size} swept; comparing needs at least 2"
+    return "PASS", f"the best loss does not grow with {size} beyond noise across {len(have)} {size}s"
+
+
 def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dict[str, Any]]:
-    """Per spec: η* per width (mean final loss over seeds; diverged = +inf), shift in grid steps, verdict, and
-    whether every η* lies inside the grid (``bracketed``; an η* at the grid's edge makes the shift a lower bound)."""
-    by_spec: dict[str, dict[int, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    """Per spec (trials of a γ sweep excluded: see :func:`phase`): η* per size from the mean final loss over
+    seeds (a diverged trial counts +inf, a crashed one is left out; None where no trial converged, with the
+    reason in ``failed``), whether each η* is bracketed, the best rate and loss per size, the shift in grid steps
+    (None with fewer than two η*), the two verdicts with their reasons, and the trial counts per size."""
+    by_spec: dict[str, dict[Any, dict[float, list[float]]]] = \
+        defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    statuses: dict[str, dict[Any, list[str]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
+        if t.get("gamma") is not None:
+            continue
+        statuses[t["spec"]][t[size]].append(t["status"])
         if t["status"] == "crashed":
             continue
-        loss = t["final_loss"] if t["status"] == "done" and t["final_loss"] is not None else math.inf
-        by_spec[t["spec"]][t[size]][t["lr"]].append(loss)
+        finite = t["status"] == "done" and t["final_loss"] is not None and math.isfinite(t["final_loss"])
+        by_spec[t["spec"]][t[size]][t["lr"]].append(t["final_loss"] if finite else math.inf)
     out = {}
-    for spec, widths in by_spec.items():
-        stars, curves, bracketed = {}, {}, {}
-        all_lrs = sorted({lr for w in widths.values() for lr in w})
-        for width, per_lr in sorted(widths.items()):
+    for spec, per_size in sorted(statuses.items()):
+        stars, curves, inside, best, best_lr, failed, counts = {}, {}, {}, {}, {}, {}, {}
+        all_lrs = sorted({lr for w in by_spec[spec].values() for lr in w})
+        for width in sorted(per_size):
+            per_lr = by_spec[spec].get(width, {})
+            counts[width] = {s: per_size[width].count(s) for s in ("done", "diverged", "crashed")}
             lrs = sorted(per_lr)
             losses = [float(np.mean(per_lr[lr])) if all(math.isfinite(v) for v in per_lr[lr]) else math.inf
                       for lr in lrs]
-            stars[width] = eta_star(lrs, losses)
             curves[width] = dict(zip(lrs, losses))
-            bracketed[width] = lrs[0] < stars[width] < lrs[-1] if math.isfinite(stars[width]) else False
-        finite = [math.log(v) for v in stars.values() if math.isfinite(v) and v > 0]
-        shift = (max(finite) - min(finite)) / grid_step(all_lrs) if len(finite) > 1 else 0.0
-        out[spec] = {"eta_star": stars, "shift": shift, "transfer": "PASS" if shift <= 1.0 else "FAIL",
-                     "bracketed": all(bracketed.values()), "losses": curves}
+            reason = unconverged_reason(per_size[width])
+            if reason is None and not any(math.isfinite(v) for v in losses):
+                reason = "no rate converged for every seed"
+            if reason is not None:
+                failed[width] = reason
+                stars[width], inside[width], best[width], best_lr[width] = None, False, None, None
+                continue
+            stars[width] = eta_star(lrs, losses)
+            inside[width] = bracketed(lrs, losses)
+            k = int(np.argmin(losses))
+            best_lr[width], best[width] = lrs[k], [float(v) for v in per_lr[lrs[k]]]
+        step = grid_step(all_lrs)
+        verdict, reason = transfer_verdict(stars, inside, step, failed, size)
+        wider, wider_reason = wider_verdict(best, failed, size)
+        out[spec] = {"eta_star": stars, "bracketed": all(inside.values()) if inside else False, "inside": inside,
+                     "shift": shift_of(stars, step), "grid_step": step, "transfer": verdict,
+                     "transfer_reason": reason, "wider_is_better": wider, "wider_is_better_reason": wider_reason,
+                     "best_lr": best_lr, "best_loss": {w: float(np.mean(v)) if v else None for w, v in best.items()},
+                     "failed": failed, "counts": counts, "losses": curves}
     return out
 
 
@@ -93,9 +235,18 @@ def consistency(curves_by_width: dict[int, tuple[np.ndarray, np.ndarray]]) -> di
     return out
 
 
+def log_slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log y against log x over (x, y) points; None with fewer than two."""
+    if len(points) < 2:
+        return None
+    return float(np.polyfit(np.log([x for x, _ in points]), np.log([y for _, y in points]), 1)[0])
+
+
 def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """γ–η phase portrait per spec (seed 003): final loss over the (γ, η) grid, η* per γ, and the slope of
-    log η* against log γ (η* ∝ γ² in the lazy regime, γ^{2/L} in the ultra-rich one)."""
+    log η* against log γ over all γ (``slope``), over γ ≤ 1 (``slope_small``: 2 in the lazy regime) and over
+    γ ≥ 1 (``slope_large``: 2/L in the ultra-rich one); None where fewer than two γ have an η*. A γ sweep
+    gets these slopes and no transfer verdict."""
     out = {}
     for spec in sorted({t["spec"] for t in trials if t.get("gamma") is not None}):
         rows = [t for t in trials if t["spec"] == spec and t.get("gamma") is not None and t["status"] != "crashed"]
@@ -107,6 +258,7 @@ def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             grid[i, j] = value if not np.isfinite(grid[i, j]) else (grid[i, j] + value) / 2
         stars = [eta_star(lrs, list(row)) for row in grid]
         ok = [(g, s) for g, s in zip(gammas, stars) if math.isfinite(s)]
-        slope = float(np.polyfit(np.log([g for g, _ in ok]), np.log([s for _, s in ok]), 1)[0]) if len(ok) > 1 else None
-        out[spec] = {"gammas": gammas, "lrs": lrs, "loss": grid, "eta_star": stars, "slope": slope}
+        out[spec] = {"gammas": gammas, "lrs": lrs, "loss": grid, "eta_star": stars, "slope": log_slope(ok),
+                     "slope_small": log_slope([(g, s) for g, s in ok if g <= 1]),
+                     "slope_large": log_slope([(g, s) for g, s in ok if g >= 1])}
     return out

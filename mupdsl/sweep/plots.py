@@ -19,7 +19,8 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     star = analysis["eta_star"]
     base = widths[0]
     lrs = sorted({t["lr"] for t in trials})
-    shown_lr = min(lrs, key=lambda lr: abs(math.log(lr) - math.log(star[base]))) if math.isfinite(star[base]) else lrs[0]
+    shown_lr = min(lrs, key=lambda lr: abs(math.log(lr) - math.log(star[base]))) if _finite(star.get(base)) \
+        else lrs[0]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for w in widths:
         pick = [t for t in trials if t[size] == w and t["lr"] == shown_lr and t["status"] != "crashed"]
@@ -31,11 +32,11 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
                 axes[1].plot(np.arange(len(c["loss"])), c["loss"], color=colors[w], lw=1, label=f"{size} {w}")
             if "eos" in c:
                 axes[0].axhline(float(c["eos"][0]), ls="--", color="gray", lw=1)
-        xs = sorted(analysis["losses"][w])
+        xs = sorted(analysis["losses"].get(w, {}))
         ys = [analysis["losses"][w][lr] for lr in xs]
         axes[2].plot(xs, [y if math.isfinite(y) else np.nan for y in ys], marker="o", ms=3, color=colors[w],
                      label=f"{size} {w}")
-        if math.isfinite(star[w]):
+        if _finite(star.get(w)):
             axes[2].axvline(star[w], color=colors[w], ls=":", lw=1)
     axes[0].set_title(f"λmax(S H S) at lr {shown_lr:.3g} (dashed: EoS)", fontsize=9)
     axes[0].set_yscale("log")
@@ -43,8 +44,9 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     axes[1].set_title(f"train loss at lr {shown_lr:.3g}", fontsize=9)
     axes[1].set_xlabel("step")
     axes[2].set_xscale("log", base=2)
-    axes[2].set_title(f"final loss vs lr — η* shift {analysis['shift']:.2f} grid steps: {analysis['transfer']}",
-                      fontsize=9)
+    shift = "—" if analysis["shift"] is None else f"{analysis['shift']:.2f}"
+    axes[2].set_title(f"final loss vs lr — η* shift {shift} grid steps: {analysis['transfer']}, wider is better: "
+                      f"{analysis['wider_is_better']}", fontsize=8)
     axes[2].set_xlabel("learning rate η0")
     for ax in axes:
         ax.legend(fontsize=7)
@@ -54,6 +56,10 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def consistency_figure(spec: str, fits: dict, path: Path, what: str = "sharpness") -> Path:

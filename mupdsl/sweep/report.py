@@ -1,4 +1,5 @@
-"""``mupdsl report DIR``: a markdown report of a sweep — gates, η* per width, transfer verdicts, figures."""
+"""``mupdsl report DIR``: a markdown report of a sweep — gates, η* per size, the transfer and "wider is better"
+verdicts with their reasons (:mod:`.analysis`), sizes without η* and why, figures."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import consistency, phase, transfer
+from .analysis import MIN_SIZES, consistency, phase, transfer
 from .plots import consistency_figure, phase_figure, triptych
+from .results import outcome_note
 from .store import Store
 
 
@@ -31,13 +33,12 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
         lines.append(f"| {spec} | {verdict} | {detail or ''} |")
     counts = {s: sum(t["status"] == s for t in trials) for s in ("done", "diverged", "crashed")}
     lines += ["", f"## Trials: {len(trials)} ({counts['done']} done, {counts['diverged']} diverged, "
-              f"{counts['crashed']} crashed)", "", "## Learning-rate transfer", "",
-              f"| spec | η* per {size} | shift (grid steps) | transfer |", "|---|---|---|---|"]
-    for spec, a in sorted(analysis.items()):
-        stars = ", ".join(f"{w}: {v:.3g}" if math.isfinite(v) else f"{w}: —" for w, v in sorted(a["eta_star"].items()))
-        edge = "" if a["bracketed"] else " (η* at the grid's edge: widen the grid)"
-        lines.append(f"| {spec} | {stars} | {a['shift']:.2f} | {a['transfer']}{edge} |")
-    lines.append("")
+              f"{counts['crashed']} crashed)", ""]
+    note = outcome_note(trials)
+    if note:
+        lines += [f"**No result: {note}.** No learning rate of the grid converged at any {size}: lower the grid "
+                  "or check the model.", ""]
+    lines += transfer_section(analysis, size)
     for spec, a in sorted(analysis.items()):
         figure = triptych(spec, [t for t in trials if t["spec"] == spec], store.curves, a, out / f"fig_{spec}.png",
                           size)
@@ -46,9 +47,10 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     portraits = phase(trials)
     for spec, p in portraits.items():
         figure = phase_figure(spec, p, out / f"phase_{spec}.png")
-        slope = "—" if p["slope"] is None else f"{p['slope']:.2f}"
-        lines += [f"## γ–η phase portrait: {spec}", "", f"log η* against log γ: slope {slope}", "",
-                  f"![phase {spec}]({figure.name})", ""]
+        slopes = ", ".join(f"{label} {'—' if p[key] is None else format(p[key], '.2f')}" for key, label in
+                           (("slope", "all γ"), ("slope_small", "γ ≤ 1"), ("slope_large", "γ ≥ 1")))
+        lines += [f"## γ–η phase portrait: {spec}", "", f"Slope of log η* against log γ: {slopes} (a γ sweep: "
+                  "slopes, no transfer verdict).", "", f"![phase {spec}]({figure.name})", ""]
     crashed = [t for t in trials if t["status"] == "crashed"]
     if crashed:
         lines += ["## Crashed trials", ""] + [f"- {t['id']} ({t['spec']}, width {t['width']}, lr {t['lr']:.3g}): "
@@ -59,16 +61,36 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     return path, analysis
 
 
+def transfer_section(analysis: dict[str, dict], size: str = "width") -> list[str]:
+    """The transfer table: η* per size (a size without one shows — and why), the shift, and both verdicts with
+    their reasons."""
+    lines = ["## Learning-rate transfer", ""]
+    if not analysis:
+        return lines + ["No transfer analysis: every trial of this sweep sets γ (see the phase portrait).", ""]
+    lines += [f"Transfer needs at least {MIN_SIZES} {size}s, each with η* inside the grid; PASS when η* moves at "
+              "most one grid step. Wider is better: the best loss does not grow with "
+              f"{size} beyond noise.", "",
+              f"| spec | η* per {size} | shift (grid steps) | transfer | wider is better |", "|---|---|---|---|---|"]
+    for spec, a in sorted(analysis.items()):
+        stars = ", ".join(f"{w}: {v:.3g}" + ("" if a["inside"][w] else " (edge)") if v is not None
+                          else f"{w}: — ({a['failed'].get(w, 'no η*')})" for w, v in sorted(a["eta_star"].items()))
+        shift = "—" if a["shift"] is None else f"{a['shift']:.2f}"
+        lines.append(f"| {spec} | {stars} | {shift} | {a['transfer']}: {a['transfer_reason']} | "
+                     f"{a['wider_is_better']}: {a['wider_is_better_reason']} |")
+    return lines + [""]
+
+
 def _consistency_section(trials, analysis, store, out: Path, size: str = "width") -> list[str]:
     """Seed 002 Fig. 3: the sharpness curves' distance to the widest one at the base width's η*, with fits."""
     lines = []
     for spec, a in sorted(analysis.items()):
         rows = [t for t in trials if t["spec"] == spec and t["status"] == "done"]
         widths = sorted({t[size] for t in rows})
-        if len(widths) < 2 or not math.isfinite(a["eta_star"].get(widths[0], math.nan)):
+        base_star = a["eta_star"].get(widths[0]) if widths else None
+        if len(widths) < 2 or base_star is None or not math.isfinite(base_star):
             continue
         lrs = sorted({t["lr"] for t in rows})
-        lr = min(lrs, key=lambda v: abs(math.log(v) - math.log(a["eta_star"][widths[0]])))
+        lr = min(lrs, key=lambda v: abs(math.log(v) - math.log(base_star)))
         curves = {}
         for w in widths:
             pick = [t for t in rows if t[size] == w and t["lr"] == lr]
