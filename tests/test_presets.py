@@ -60,7 +60,7 @@ def test_preset_parses_and_has_sgd_and_adam(name):
         e = explain(spec, opt)
         for role in ("input", "hidden", "output", "bias", "norm", "embedding", "scalar"):
             assert e.roles[role] is not None, (name, opt, role)
-    assert sections <= {"all", "sgd", "adam", "adamw"}
+    assert sections <= {"all", "sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "muon"}
     assert text.lstrip().startswith("#"), "each preset names its source in a leading comment"
 
 

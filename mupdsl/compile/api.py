@@ -11,7 +11,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..spec import Spec, SpecError, load_spec
+from ..optim import adafactor_class
+from ..spec import OPTIMIZERS, Spec, SpecError, load_spec
 from .analyze import normalized as _normalized
 from .compiled import CompiledModel
 from .errors import CompileError
@@ -20,7 +21,15 @@ from .init_record import build_recording_stds
 from .own_init import record_build, record_own_init
 from .pipeline import apply_plan_to, inputs_of, keep_std, moved, refuse
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+def _check_optimizer(optimizer: str) -> None:
+    """An optimizer the language knows and the installed torch runs (Adafactor needs torch >= 2.5)."""
+    if optimizer not in OPTIMIZERS:
+        raise CompileError(f"unknown optimizer {optimizer!r}", hint=f"choose {', '.join(OPTIMIZERS)}")
+    if optimizer == "adafactor":
+        try:
+            adafactor_class()
+        except ValueError as exc:
+            raise CompileError(str(exc), hint="upgrade torch, or compile for adam") from None
 
 
 def _resolve_spec(spec: Spec | str, overrides: Mapping[str, Any] | None) -> Spec:
@@ -46,8 +55,7 @@ def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | Mode
     ratio rules (``width_mult = width / base_width``). ``seed`` seeds the build and the plan's init; the caller's
     random state is left as it was. ``device="meta"`` builds a plan without allocating weights.
     """
-    if optimizer not in OPTIMIZERS:
-        raise CompileError(f"unknown optimizer {optimizer!r}", hint="choose sgd, adam or adamw")
+    _check_optimizer(optimizer)
     spec = _resolve_spec(spec, overrides if not isinstance(spec, Spec) else overrides)
     factory = model if isinstance(model, ModelFactory) else load_factory(model)
     depth = depth if depth is not None else factory.default_depth
@@ -103,8 +111,7 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
     and let the compile verify itself; without them the plan says it is unverified. ``init=False`` keeps the
     current weights (to load a checkpoint into them); ``redraw_defaults`` re-runs the modules' own init for
     ``keep``/``base`` tensors (after ``to_empty()``)."""
-    if optimizer not in OPTIMIZERS:
-        raise CompileError(f"unknown optimizer {optimizer!r}", hint="choose sgd, adam or adamw")
+    _check_optimizer(optimizer)
     if not isinstance(model, nn.Module):
         raise CompileError(f"apply() needs an nn.Module, got {type(model).__name__}")
     refuse(model)

@@ -27,6 +27,7 @@ from .analyze import Analysis
 from .errors import CompileError
 from .graph import (KNOWN_NORMS, is_passthrough_module, module_of, module_returning, output_paths, param_view,
                     returned_by, scalar_factor, shape)
+from ..optim import fold_settings
 from .plan import Carried, OutputScale, Plan, RuntimeMult
 
 @dataclass
@@ -398,12 +399,8 @@ def _carried(t, carriage: _Carriage, optimizer: str) -> Carried:
         init_scale = fold * (1.0 if t.init_scale is None else t.init_scale)
     else:
         init_scale = t.init_scale
-    if optimizer == "sgd":
-        lr, wd, eps = t.lr * fold * fold, (None if t.wd is None else t.wd / (fold * fold)), None
-    else:
-        lr = t.lr * a
-        eps = None if t.eps is None else t.eps / a
-        wd = None if t.wd is None else (t.wd / a if optimizer == "adamw" else t.wd / (fold * fold))
+    folded = fold_settings(t.optimizer or optimizer, fold, t.lr, t.wd, t.eps)
+    lr, wd, eps = folded.lr, folded.wd, folded.eps
     return Carried(fold=fold, init_std=None if t.init_std is None else a * t.init_std, init_scale=init_scale,
                    lr=lr, wd=wd, eps=eps, sources=carriage.sources.get(t.name, []))
 

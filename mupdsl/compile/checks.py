@@ -129,11 +129,12 @@ def base_identity(plan: Plan, spec: Spec, evaluate_at_base) -> tuple[str, list[s
         if t.init == "zero" and t.default_std:
             problems.append(f"{t.name}: zero init where the model draws std {t.default_std:.3g} "
                             f"({where.get('init', t.rule)})")
-    for key in ("lr", "eps", "wd"):
+    trainers = {t.optimizer for t in base.tensors}   # one rate per optimizer (Muon and its fallback differ)
+    for key, trainer in ((key, trainer) for key in ("lr", "eps", "wd") for trainer in trainers):
         values = {}
         for t in base.tensors:
             v = getattr(t, key)
-            if v is not None:
+            if v is not None and t.optimizer == trainer:
                 values.setdefault(round(v, 12), []).append(t)
         if len(values) > 1:
             common = max(values.values(), key=len)

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..optim import Combined, Lion, Muon, SignSGD, adafactor_class, muon_class, torch_muon_groups
+from ..optim.families import ADAFACTOR_EPS2, CLASS_FAMILY, DECOUPLED_DECAY, FAMILY
 from .errors import CompileError
 from .plan import Plan, TensorPlan
 
-SGD_LIKE = ("SGD", "ASGD")
-ADAM_LIKE = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "RMSprop", "SparseAdam", "Adafactor")
-"""torch.optim classes by how a weight multiplier folds into them: SGD's step is linear in the gradient (lr × m²),
-the others divide by a running gradient magnitude (lr × m, ε / m)."""
+DECOUPLED_CLASSES = ("AdamW", "SignSGD", "Lion", "Muon", "Adafactor", "Combined")
+"""Classes whose weight decay is ``p ← p (1 − lr λ)`` (the others add ``λ p`` to the gradient)."""
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -156,51 +156,113 @@ def _restore_buffers(model: nn.Module) -> list[str]:
 def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:
     """Optimizer parameter groups with the plan's carried lr, weight decay and ε; tensors with equal settings
     share a group (``names`` lists them). Parameters are looked up by name on ``model`` now, so groups built after
-    ``fully_shard`` hold its sharded parameters."""
+    ``fully_shard`` hold its sharded parameters. Under Muon each group also says which optimizer trains it
+    (``optimizer``: ``muon`` or the fallback); Adafactor's ``eps`` is its pair (ε₁, ε₂) with ε₂ folded."""
     groups: dict[tuple, dict[str, Any]] = {}
     for t in plan.tensors:
         c = t.carried
         lr, wd, eps = (c.lr, c.wd, c.eps) if c is not None else (t.lr, t.wd, t.eps)
-        key = (lr, wd, eps)
+        by = t.optimizer or plan.optimizer
+        eps2 = ADAFACTOR_EPS2 * abs(c.fold if c is not None else 1.0) if by == "adafactor" else None
+        key = (by, lr, wd, eps, eps2)
         if key not in groups:
             group: dict[str, Any] = {"params": [], "names": [], "lr": lr, "weight_decay": wd or 0.0}
-            if plan.optimizer != "sgd" and eps is not None:
+            if by == "adafactor":
+                group["eps"] = (eps, eps2)
+            elif by != "sgd" and eps is not None:
                 group["eps"] = eps
+            if plan.optimizer == "muon":
+                group["optimizer"] = by
             groups[key] = group
         groups[key]["params"].append(model.get_parameter(t.name))
         groups[key]["names"].append(t.name)
     return list(groups.values())
 
 
-def optimizer_for(model: nn.Module, plan: Plan, cls: type | None = None, **kwargs) -> torch.optim.Optimizer:
-    """The plan's optimizer over :func:`param_groups`: ``cls`` is any ``torch.optim`` class (default: the plan's
-    SGD, Adam or AdamW). Its family must fold multipliers as the plan's does, else a folded plan would train
-    differently; keys the class does not take (ε for SGD) are left out."""
-    named = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    cls = cls or named[plan.optimizer]
-    family = "sgd" if cls.__name__ in SGD_LIKE else "adam" if cls.__name__ in ADAM_LIKE else None
-    folded = any(t.carried is not None and t.carried.fold != 1.0 for t in plan.tensors)
-    wanted = "sgd" if plan.optimizer == "sgd" else "adam"
+def _default_class(optimizer: str) -> type:
+    """The class that runs ``optimizer`` (a CompileError naming the torch release where the installed one lacks it)."""
+    if optimizer == "adafactor":
+        try:
+            return adafactor_class()
+        except ValueError as exc:
+            raise CompileError(str(exc), hint="upgrade torch, or compile for adam") from None
+    return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "signsgd": SignSGD,
+            "lion": Lion, "muon": muon_class()}[optimizer]
+
+
+def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None = None) -> None:
+    """Refuse a class that would train a folded plan differently: another folding family, or weight decay the
+    other way (decoupled vs L2). ``names``: the tensors it trains (default all)."""
+    tensors = [t for t in plan.tensors if names is None or t.name in names]
+    family = CLASS_FAMILY.get(cls.__name__)
+    folded = any(t.carried is not None and t.carried.fold != 1.0 for t in tensors)
+    wanted = FAMILY[optimizer]
     if folded and family != wanted:
-        raise CompileError(f"{cls.__name__}: the plan was compiled for {plan.optimizer}, and its multipliers are "
-                           f"folded into {plan.optimizer}'s learning rates; "
+        raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}, and its multipliers are "
+                           f"folded into {optimizer}'s settings; "
                            + ("an unknown optimizer family" if family is None else f"{cls.__name__} is {family}-like"),
                            hint=f"compile with --optimizer for this optimizer's family, or use a {wanted}-like class")
-    decoupled = cls.__name__ == "AdamW"
-    if plan.optimizer in ("adam", "adamw") and family == "adam" and decoupled != (plan.optimizer == "adamw") and \
-            any((t.carried.wd if t.carried else t.wd) for t in plan.tensors):
+    decoupled = cls.__name__ in DECOUPLED_CLASSES
+    if family == "adam" and optimizer != "sgd" and decoupled != (optimizer in DECOUPLED_DECAY) and \
+            any((t.carried.wd if t.carried else t.wd) for t in tensors):
         raise CompileError(f"{cls.__name__} decays weights {'decoupled' if decoupled else 'as L2'}, the plan "
-                           f"({plan.optimizer}) the other way", hint="compile for the optimizer you train with")
+                           f"({optimizer}) the other way", hint="compile for the optimizer you train with")
+
+
+def _build(cls: type, groups: list[dict[str, Any]], **kwargs) -> torch.optim.Optimizer:
+    """``cls`` over ``groups``, keeping only the keys its constructor takes (ε for SGD is left out)."""
     accepted = set(inspect.signature(cls.__init__).parameters)
-    groups = []
-    for g in param_groups(model, plan):
-        group = {k: v for k, v in g.items() if k in ("params", "names", "lr") or k in accepted}
-        groups.append(group)
+    groups = [{k: v for k, v in g.items() if k in ("params", "names", "lr") or k in accepted} for g in groups]
     if "lr" not in accepted:
         for g in groups:
             g.pop("lr", None)
     return cls(groups, **({"lr": groups[0]["lr"]} if groups and "lr" in accepted and "lr" not in kwargs else {}),
                **kwargs)
+
+
+def optimizer_for(model: nn.Module, plan: Plan, cls: type | None = None, **kwargs) -> torch.optim.Optimizer:
+    """The plan's optimizer over :func:`param_groups`: ``cls`` is any ``torch.optim`` class (default: the plan's
+    SGD, Adam, AdamW, Adafactor, or mupdsl's SignSGD / Lion). Its family must fold multipliers as the plan's does,
+    else a folded plan would train differently; keys the class does not take (ε for SGD) are left out.
+
+    A Muon plan gives a :class:`~mupdsl.optim.Combined` optimizer: ``torch.optim.Muon`` (mupdsl's :class:`Muon`
+    where torch lacks it, and for tensors of more than two dimensions) for the tensors Muon owns — with torch's shape
+    factor divided out, since the plan's rates hold the spec's — and the fallback for the rest; ``kwargs`` go to
+    Muon, ``fallback_kwargs={...}`` to the fallback."""
+    if plan.optimizer == "muon":
+        return _muon_optimizer(model, plan, cls, kwargs.pop("fallback_kwargs", None) or {}, kwargs)
+    cls = cls or _default_class(plan.optimizer)
+    _check_family(cls, plan.optimizer, plan)
+    return _build(cls, param_groups(model, plan), **kwargs)
+
+
+def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwargs: dict, kwargs: dict) -> Combined:
+    groups = param_groups(model, plan)
+    owned = [g for g in groups if g["optimizer"] == "muon"]
+    rest = [g for g in groups if g["optimizer"] != "muon"]
+    parts: dict[str, torch.optim.Optimizer] = {}
+    cls = cls or muon_class()
+    if cls.__name__ != "Muon":
+        raise CompileError(f"{cls.__name__}: a Muon plan trains its matrices with Muon",
+                           hint="pass cls=torch.optim.Muon or mupdsl.optim.Muon, or nothing")
+    matrices = [{**g, "params": [p for p in g["params"] if p.ndim == 2],
+                 "names": [n for p, n in zip(g["params"], g["names"]) if p.ndim == 2]} for g in owned]
+    kernels = [{**g, "params": [p for p in g["params"] if p.ndim > 2],
+                "names": [n for p, n in zip(g["params"], g["names"]) if p.ndim > 2]} for g in owned]
+    matrices, kernels = [g for g in matrices if g["params"]], [g for g in kernels if g["params"]]
+    if cls is getattr(torch.optim, "Muon", None):
+        if matrices:
+            parts["muon"] = _build(cls, torch_muon_groups(matrices), adjust_lr_fn="original", **kwargs)
+        if kernels:
+            parts["muon_kernels"] = _build(Muon, kernels, **kwargs)
+    elif owned:
+        parts["muon"] = _build(cls, matrices + kernels, **kwargs)
+    if rest:
+        fallback = rest[0]["optimizer"]
+        fallback_cls = _default_class(fallback)
+        _check_family(fallback_cls, fallback, plan, {n for g in rest for n in g["names"]})
+        parts[fallback] = _build(fallback_cls, rest, **fallback_kwargs)
+    return Combined(parts)
 
 
 __all__ = ["initialize", "optimizer_for", "param_groups", "tensor_seed", "TensorPlan"]

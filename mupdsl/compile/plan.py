@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from ..spec import Spec, SpecError
 from ..spec.expr import Monomial
-from ..spec.resolve import SECTION_RANK, most_specific_rule, network, resolve_settings, rule_matches, tensor_rule
+from ..spec.resolve import (SECTION_RANK, most_specific_rule, network, resolve_settings, rule_matches, tensor_rule,
+                            trained_by)
 from .analyze import Analysis, TensorInfo
 from .errors import CompileError
 from .graph import module_of
@@ -25,8 +26,10 @@ class Carried(BaseModel):
     own ``mult``, a residual branch's ``depth^-α``, the readout's ``1/γ``, an attention scale change on a query
     projection) are folded into the stored weight, ``W = fold · w``, and the abc-symmetry (TP5 Lemma J.1) moves
     them into its init and optimizer settings so that training is unchanged: init std ``fold · std``; SGD lr
-    ``lr · fold²``, wd ``wd / fold²``; Adam lr ``lr · |fold|``, ε ``ε / |fold|``, wd ``wd / fold²`` (L2) or
-    ``wd / |fold|`` (AdamW). The optimizer takes these; the model runs with no multiplier."""
+    ``lr · fold²``, wd ``wd / fold²``; Adam (and SignSGD, Lion, Muon) lr ``lr · |fold|``, ε ``ε / |fold|``, wd
+    ``wd / fold²`` (L2) or ``wd / |fold|`` (decoupled); Adafactor lr and wd unchanged, ε₁ ``ε / |fold|``, ε₂
+    ``ε₂ · |fold|`` (:func:`mupdsl.optim.fold_settings`). The optimizer takes these; the model runs with no
+    multiplier."""
 
     fold: float
     init_std: float | None
@@ -74,6 +77,8 @@ class TensorPlan(BaseModel):
     """The role was read from the shape alone: an opaque leaf module or function uses the tensor."""
     unused: bool = False
     """The model's forward never reads the tensor; it gets its rule all the same."""
+    optimizer: str | None = None
+    """The optimizer that trains the tensor when the plan's trains only some (Muon: ``muon`` or its fallback)."""
     carried: Carried | None = None
     own_init: OwnInit | None = None
     """The model's own init of the tensor (recorded on ``meta``), which ``keep``/``base`` re-draw after
@@ -220,6 +225,13 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
     tensors = []
     for info in analysis.tensors.values():
         sizes = _sizes(info, net_sizes)
+        by = trained_by(spec, optimizer, info.name, info.role, info.residual)
+        if by == "muon" and len(info.shape) < 2:
+            owner = resolve_settings(spec, "muon", info.name, info.role, info.residual).get("muon")
+            raise CompileError(f"{info.name} (shape {list(info.shape)}, role {info.role}) is Muon's by the spec, but "
+                               "Muon orthogonalises matrices", hint="give it to the fallback: muon { \"" + info.name
+                               + "\" { muon = false } }" + (f" (the rule at {owner.pos} gives it to Muon)" if owner
+                                                            else ""))
         try:
             rule = tensor_rule(spec, optimizer, info.name, info.role, net, residual=info.residual)
         except SpecError as exc:
@@ -265,11 +277,12 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
             init_std=init_std, default_std=keep_stds.get(info.name), base_std=base_stds.get(info.name),
             init_scale=init_scale, mult=mult, lr=_value(rule.lr, sizes, "lr", info.name),
             wd=_value(rule.wd, sizes, "wd", info.name),
-            eps=_value(rule.eps, sizes, "eps", info.name) if optimizer != "sgd" else None,
+            eps=_value(rule.eps, sizes, "eps", info.name) if by in ("adam", "adamw", "adafactor") else None,
             rule=best or (f"{winners[0].pos.path}:{winners[0].pos.line}" if winners else ""),
             rules={k: f"{s.pos.path}:{s.pos.line}" for k, s in settings.items()},
             tied_to=info.aliases, use_mults=use_mults, module_level=info.module_level, guessed=info.guessed,
-            unused=info.unused, own_init=(own_inits or {}).get(info.name)))
+            unused=info.unused, own_init=(own_inits or {}).get(info.name),
+            optimizer=by if optimizer == "muon" else None))
     _warn_unmatched_globs(spec, optimizer, analysis, warnings)
     attention = []
     for site in analysis.attention:
@@ -316,7 +329,7 @@ def _warn_unmatched_globs(spec: Spec, optimizer: str, analysis: Analysis, warnin
             warnings.append(f"{rule.pos}: rule {rule.selector} matches no tensor of this model")
 
 
-_COMPARED = ("role", "init", "init_std", "mult", "lr", "wd", "eps", "residual", "scaling_dims", "shape")
+_COMPARED = ("role", "init", "init_std", "mult", "lr", "wd", "eps", "residual", "scaling_dims", "shape", "optimizer")
 
 
 def plan_differences(saved: Plan, current: Plan) -> list[str]:

@@ -26,7 +26,12 @@ from .lanczos import Eigen, lanczos, lanczos_batched
 
 def preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
                    optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd") -> torch.Tensor:
-    """The diagonal S (flat, in the order of ``names``)."""
+    """The diagonal S (flat, in the order of ``names``). Defined for SGD and Adam(W) only: SignSGD, Lion, Adafactor and
+    Muon have no diagonal preconditioner of this form (a sign, a parameter scale, an orthogonalisation), and are
+    refused rather than measured as SGD."""
+    if kind not in ("sgd", "adam", "adamw"):
+        raise ValueError(f"the preconditioned sharpness is defined for sgd, adam and adamw, not {kind}: measure "
+                         "with kind='sgd' for the plain learning-rate-scaled Hessian")
     params = dict(model.named_parameters())
     parts = []
     for name in names:

@@ -5,9 +5,12 @@ initialised with std ``n^-b`` and trained with learning rate ``η n^-c``. The ab
 unchanged (TP4 Eq. 5; TP5 Lemma J.1):
 
 * SGD: ``(a, b, c) -> (a+θ, b-θ, c-2θ)``, so the invariants are ``a+b`` and ``2a+c``;
-* Adam/AdamW (ε -> 0): ``(a, b, c) -> (a+θ, b-θ, c-θ)``, invariants ``a+b`` and ``a+c``.
+* Adam/AdamW (ε -> 0), SignSGD, Lion and Muon's matrices: ``(a, b, c) -> (a+θ, b-θ, c-θ)``, invariants ``a+b``
+  and ``a+c`` — their step does not depend on the gradient's scale;
+* Adafactor (torch's, parameter scaling on): ``(a, b, c) -> (a+θ, b-θ, c)``, invariants ``a+b`` and ``c``.
 
 The output role's ``a`` includes the network's ``1/gamma``. The same symmetry acts on depth exponents.
+:data:`SYMMETRY` says, per optimizer, why (and where no symmetry relates two optimizers' exponents).
 """
 
 from __future__ import annotations
@@ -18,7 +21,37 @@ from fractions import Fraction
 from .errors import SpecError
 from .expr import Monomial
 from .model import ROLES, Spec
-from .resolve import Network, network, resolve_settings, tensor_rule, missing_keys
+from .resolve import Network, network, resolve_settings, tensor_rule, missing_keys, trained_by
+
+LR_POWER = {"sgd": 2, "adam": 1, "adamw": 1, "signsgd": 1, "lion": 1, "muon": 1, "adafactor": 0}
+"""k of the symmetry ``(a+θ, b−θ, c−kθ)``: how many powers of a weight multiplier the learning rate absorbs."""
+
+SYMMETRY = {
+    "sgd": "(a, b, c) → (a+θ, b−θ, c−2θ): SGD's step is linear in the gradient (TP4 Eq. 5, TP5 Lemma J.1).",
+    "adam": "(a, b, c) → (a+θ, b−θ, c−θ) as ε → 0: Adam's step m̂/(√v̂+ε) does not depend on the gradient's scale "
+            "(TP5 Lemma J.1); ε scales as the gradient (ε/n^θ).",
+    "signsgd": "(a, b, c) → (a+θ, b−θ, c−θ), exactly: the step is a sign, ±lr per entry whatever the gradient's "
+               "scale (TP4b Remark 2.2.7 treats SignSGD with Adam); µP's rules are Adam's.",
+    "lion": "(a, b, c) → (a+θ, b−θ, c−θ), exactly: Lion's step is the sign of a momentum mix, ±lr per entry "
+            "(Chen et al. 2023); µP's rules are Adam's.",
+    "adafactor": "(a, b, c) → (a+θ, b−θ, c): torch.optim.Adafactor multiplies its scale-free step by "
+                 "max(ε₂, RMS(p)) (parameter scaling, always on), which moves with b, so the learning rate absorbs "
+                 "nothing; c_Adafactor = c_Adam − b (Everett et al. 2024): an Adam rule is not an Adafactor rule.",
+    "muon": "tensors Muon owns: (a, b, c) → (a+θ, b−θ, c−θ) — Newton–Schulz first divides by ‖G‖_F, so the step "
+            "does not depend on the gradient's scale (torch's bfloat16 iteration: up to rounding). But no symmetry "
+            "maps Muon's exponents to Adam's: its step has spectral norm Θ(1) (entries ~ 1/√max(fan_in, fan_out)) "
+            "where Adam's has Θ(1) entries, so µP's hidden c is 0 for Muon (lr ∝ √(fan_out/fan_in), Yang, Simon & "
+            "Bernstein 2023) and 1 for Adam. An Adam rule on Muon's tensors, or √(fan_out/fan_in) applied by both "
+            "the spec and the optimizer, is another parametrization, not an equivalent one. The tensors Muon does "
+            "not own follow their fallback optimizer's symmetry.",
+}
+SYMMETRY["adamw"] = SYMMETRY["adam"]
+
+
+def invariant_names(optimizer: str) -> tuple[str, str]:
+    """The names of the two width invariants of ``optimizer``'s symmetry (``a+b`` and ``2a+c`` / ``a+c`` / ``c``)."""
+    k = LR_POWER[optimizer]
+    return "a+b", {2: "2a+c", 1: "a+c", 0: "c"}[k]
 
 _FAN_WIDTH = {  # (fan_in, fan_out) growth with width per role; TP5 App. B: a bias has fan_in 1
     "input": (0, 1), "hidden": (1, 1), "output": (1, 0), "bias": (0, 1),
@@ -64,6 +97,8 @@ class RoleExponents:
     c_depth: Fraction
     texts: dict[str, str]
     rules: dict[str, str]
+    optimizer: str = ""
+    """The optimizer that trains the role (under ``muon``: ``muon`` or the fallback)."""
 
     def same_rule(self, other: "RoleExponents | None") -> bool:
         """Same init, mult and lr (what the table shows); eps/wd and the residual flag are ignored."""
@@ -73,8 +108,11 @@ class RoleExponents:
             other.invariants("sgd"), other.invariants("adam"), other.a, other.c)
 
     def invariants(self, optimizer: str) -> tuple:
-        """The quantities the abc-symmetry leaves fixed (for width, then depth)."""
-        k = 2 if optimizer == "sgd" else 1
+        """The quantities the abc-symmetry of ``optimizer`` leaves fixed (for width, then depth); under ``muon``, the
+        symmetry of the optimizer that trains the role."""
+        if optimizer == "muon" and self.optimizer:
+            optimizer = self.optimizer
+        k = LR_POWER[optimizer]
         width = (None if self.b is None else self.a + self.b, k * self.a + self.c)
         depth = (None if self.b_depth is None else self.a_depth + self.b_depth, k * self.a_depth + self.c_depth)
         return width + depth
@@ -105,7 +143,8 @@ def role_exponents(spec: Spec, optimizer: str, role: str, net: Network | None = 
             b += KEEP_STD_EXPONENT[role]  # PyTorch's default init; "base" is width-independent by definition
     texts = {key: s.text for key, s in settings.items()}
     rules = {key: str(s.pos) for key, s in settings.items()}
-    return RoleExponents(role, residual, a, b, _neg_exp(rule.lr, ww), a_d, b_d, _neg_exp(rule.lr, dw), texts, rules)
+    return RoleExponents(role, residual, a, b, _neg_exp(rule.lr, ww), a_d, b_d, _neg_exp(rule.lr, dw), texts, rules,
+                         trained_by(spec, optimizer, None, role, residual))
 
 
 @dataclass(frozen=True)
@@ -118,6 +157,14 @@ class Explanation:
     network: Network
     attention_exponent: Fraction | None
     branch_depth_exponent: Fraction
+
+    @property
+    def symmetry(self) -> str:
+        """Which abc-symmetry holds for this optimizer, and why (:data:`SYMMETRY`)."""
+        note = SYMMETRY[self.optimizer]
+        if self.optimizer == "muon":
+            note += f" Here the fallback is {self.spec.fallback}: {SYMMETRY[self.spec.fallback]}"
+        return note
 
     def network_invariants(self) -> tuple:
         return (self.attention_exponent, self.branch_depth_exponent,
@@ -147,7 +194,6 @@ def differences(left: Spec, right: Spec, optimizer: str) -> list[Difference]:
     """
     a, b = explain(left, optimizer), explain(right, optimizer)
     out: list[Difference] = []
-    names = ("a+b", "2a+c" if optimizer == "sgd" else "a+c", "depth a+b", "depth 2a+c" if optimizer == "sgd" else "depth a+c")
     for prefix, table_a, table_b in (("", a.roles, b.roles), ("residual ", a.residual_roles, b.residual_roles)):
         for role in ROLES:
             ra, rb = table_a[role], table_b[role]
@@ -160,6 +206,11 @@ def differences(left: Spec, right: Spec, optimizer: str) -> list[Difference]:
             if (ra.b is None) != (rb.b is None):
                 out.append(Difference(f"{prefix}{role}: init", "zero" if ra.b is None else "non-zero",
                                       "zero" if rb.b is None else "non-zero"))
+            if optimizer == "muon" and ra.optimizer != rb.optimizer:
+                out.append(Difference(f"{prefix}{role}: trained by", ra.optimizer, rb.optimizer))
+                continue
+            width_names = invariant_names(ra.optimizer if optimizer == "muon" else optimizer)
+            names = width_names + tuple(f"depth {n}" for n in width_names)
             for label, x, y in zip(names, ra.invariants(optimizer), rb.invariants(optimizer)):
                 if x != y and x is not None and y is not None:
                     out.append(Difference(f"{prefix}{role}: {label}", fmt(x), fmt(y)))
@@ -181,5 +232,5 @@ def fmt(value) -> str:
     return str(value)
 
 
-__all__ = ["Explanation", "RoleExponents", "Difference", "differences", "explain", "fmt", "role_exponents",
-           "width_weights", "SpecError"]
+__all__ = ["LR_POWER", "SYMMETRY", "Explanation", "RoleExponents", "Difference", "differences", "explain", "fmt",
+           "invariant_names", "role_exponents", "width_weights", "SpecError"]

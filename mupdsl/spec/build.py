@@ -278,9 +278,19 @@ def _merge(f: SpecFile, parent: Spec | None) -> Spec:
         hypers=hypers,
         rules=tuple(rules),
         network=tuple(network),
+        **_fallback(f, parent),
     )
     check_values(spec, {f.path: f.source}, _try_read)
     return spec
+
+
+def _fallback(f: SpecFile, parent: Spec | None) -> dict:
+    """Muon's fallback optimizer: the file's own ``fallback = …``, else what it extends says, else AdamW."""
+    if f.fallback is not None:
+        return {"fallback": f.fallback[0], "fallback_pos": f.fallback[1]}
+    if parent is not None:
+        return {"fallback": parent.fallback, "fallback_pos": parent.fallback_pos}
+    return {}
 
 
 def _try_read(path: str) -> str | None:

@@ -2,7 +2,8 @@
 
 A :class:`Spec` is the result of loading a file and every file it ``extends``: hyperparameters with their
 values, an ordered list of :class:`Rule` (each with the section it belongs to: all optimizers, ``sgd``,
-``adam`` or ``adamw``) and the network-level settings. Nothing here imports torch.
+``adam``, ``adamw``, ``signsgd``, ``lion``, ``adafactor`` or ``muon``) and the network-level settings. Nothing here
+imports torch.
 """
 
 from __future__ import annotations
@@ -18,11 +19,22 @@ ROLES = ("input", "hidden", "output", "bias", "norm", "embedding", "scalar")
 """Tensor roles (TP5 App. B): input weights, hidden (matrix-like) weights, the readout, biases,
 normalisation gains/biases, embedding tables, and scalar-like parameters."""
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "muon")
 SECTIONS = ("all",) + OPTIMIZERS
+SectionName = Literal["all", "sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "muon"]
 
-TENSOR_KEYS = ("init", "mult", "lr", "wd", "eps")
-"""Per-tensor settings: init distribution, forward multiplier, learning rate, weight decay, Adam epsilon."""
+TENSOR_KEYS = ("init", "mult", "lr", "wd", "eps", "muon")
+"""Per-tensor settings: init distribution, forward multiplier, learning rate, weight decay, Adam epsilon, and
+(in a ``muon`` section only) whether Muon trains the tensor."""
+
+NO_EPS = ("signsgd", "lion", "muon")
+"""Optimizers without an ε (Muon's is only Newton–Schulz's guard against a zero gradient): a rule in their section
+that sets ``eps`` is an error. An ``eps`` in the common part or in ``adam``'s section is ignored by them, as SGD
+ignores it."""
+
+MUON_FALLBACKS = ("adam", "adamw", "sgd", "signsgd", "lion", "adafactor")
+"""Optimizers that may train the tensors Muon does not own (``fallback = …`` in a ``muon`` section)."""
+DEFAULT_MUON_FALLBACK = "adamw"
 
 REQUIRED_TENSOR_KEYS = ("init", "mult", "lr")
 
@@ -229,7 +241,7 @@ class Rule(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     selector: Selector
-    section: Literal["all", "sgd", "adam", "adamw"]
+    section: SectionName
     settings: dict[str, Setting]
     pos: SourcePos
     order: int
@@ -239,7 +251,7 @@ class Rule(BaseModel):
 class NetworkSetting(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    section: Literal["all", "sgd", "adam", "adamw"]
+    section: SectionName
     setting: Setting
     order: int
 
@@ -268,6 +280,9 @@ class Spec(BaseModel):
     hypers: dict[str, Hyper]
     rules: tuple[Rule, ...]
     network: tuple[NetworkSetting, ...]
+    fallback: str = DEFAULT_MUON_FALLBACK
+    """The optimizer of the tensors Muon does not own (``muon { fallback = … }``); AdamW unless a spec says."""
+    fallback_pos: SourcePos | None = None
 
     def hyper_values(self) -> dict[str, Fraction]:
         return {name: h.value for name, h in self.hypers.items()}

@@ -14,7 +14,8 @@ from lark import Token, Tree
 from .errors import SourcePos, SpecError, did_you_mean
 from .limits import MAX_EXPR_TOKENS, MAX_GLOB_CHARS, MAX_NESTING, parse_number
 from .model import (
-    ATTENTION_OWN_SCALES, INIT_KINDS, NETWORK_KEYS, OPTIMIZERS, ROLES, TENSOR_KEYS, Expr, Init, Selector, Setting,
+    ATTENTION_OWN_SCALES, INIT_KINDS, MUON_FALLBACKS, NETWORK_KEYS, NO_EPS, OPTIMIZERS, ROLES, TENSOR_KEYS, Expr, Init,
+    Selector, Setting,
 )
 from .resolve import glob_problem
 from .syntax import Broken, division_problem, number_error, too_deep, too_long
@@ -34,6 +35,8 @@ class SpecFile:
     sets: list[tuple[str, Expr, SourcePos]] = field(default_factory=list)
     rules: list[tuple[Selector, str, dict[str, Setting], SourcePos]] = field(default_factory=list)
     network: list[tuple[str, Setting]] = field(default_factory=list)
+    fallback: tuple[str, SourcePos] | None = None
+    """``fallback = NAME`` of the ``muon`` section: the optimizer of the tensors Muon does not own."""
 
 
 def _one_line(text: str, limit: int = 80) -> str:
@@ -118,9 +121,13 @@ class Reader:
             for child in block.children[1:]:
                 if isinstance(child, Token):
                     continue
+                if child.data == "setting" and name == "muon" and str(child.children[0]) == "fallback":
+                    self.fallback(child)
+                    continue
                 if child.data == "setting":
                     raise self.error(f"a setting cannot stand directly in section '{name}'", child.children[0],
-                                     hint=f"put it in a rule: {name} {{ hidden {{ {_one_line(self.text(child))} }} }}")
+                                     hint=f"put it in a rule: {name} {{ hidden {{ {_one_line(self.text(child))} }} }}"
+                                     + ("; only 'fallback = adamw' stands in section muon" if name == "muon" else ""))
                 cnames, cglob, chead = self.head(child)
                 cname = str(cnames[0]) if len(cnames) == 1 and cglob is None else None
                 if cname in OPTIMIZERS:
@@ -133,6 +140,19 @@ class Reader:
             self.network_block(block, "all")
         else:
             self.rule_block(block, "all")
+
+    def fallback(self, setting: Tree) -> None:
+        """``fallback = NAME`` in the ``muon`` section."""
+        key_token, value = setting.children
+        if self.file.fallback is not None:
+            raise self.error("'fallback' is set twice", key_token, notes=[("first set here", self.file.fallback[1])])
+        name = value.name if isinstance(value, Expr) and value.kind == "var" else (
+            str(value.children[0]) if isinstance(value, Tree) and value.data == "var" else None)
+        if name not in MUON_FALLBACKS:
+            hint = (did_you_mean(name, MUON_FALLBACKS) if name else None) or \
+                f"the tensors Muon does not own are trained by one of: {', '.join(MUON_FALLBACKS)}"
+            raise self.error(f"'{self.text(value)}' cannot be Muon's fallback optimizer", value, hint=hint)
+        self.file.fallback = (name, self.pos(key_token))
 
     def network_block(self, block: Tree, section: str) -> None:
         seen: dict[str, SourcePos] = {}
@@ -195,11 +215,20 @@ class Reader:
                 if key in NETWORK_KEYS:
                     hint = f"'{key}' is a network setting; put it in network {{ … }}"
                 raise self.error(f"unknown tensor setting '{key}'", key_token, hint=hint)
+            if key == "eps" and section in NO_EPS:
+                raise self.error(f"{section} has no ε: a rule in section '{section}' cannot set 'eps'", key_token,
+                                 hint="remove it; ε is Adam's (adam, adamw) and Adafactor's (its ε₁)")
+            if key == "muon" and section != "muon":
+                raise self.error("'muon' (whether Muon trains a tensor) belongs in section muon", key_token,
+                                 hint="write muon { \"head.weight\" { muon = false } }")
             if key in settings:
                 raise self.error(f"'{key}' is set twice in this rule", key_token,
                                  notes=[("first set here", settings[key].pos)])
             value_node = child.children[1]
-            value = self.init(value_node) if key == "init" else self.plain_expr(value_node, key)
+            if key == "muon":
+                value = self.boolean(value_node)
+            else:
+                value = self.init(value_node) if key == "init" else self.plain_expr(value_node, key)
             settings[key] = Setting(key=key, value=value, pos=self.pos(key_token))
         if not settings:
             raise self.error("empty rule", head, hint="give it settings, e.g. { lr = eta0 }, or remove it")

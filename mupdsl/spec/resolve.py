@@ -5,7 +5,8 @@ matching rule that sets it wins. Specificity, compared in this order (docs/langu
 
 1. a rule with a name glob beats one without; among globs, more literal characters win;
 2. a rule with a role beats one without (``default``); then a ``residual`` rule beats one without;
-3. an optimizer section beats the common part (for AdamW: ``adamw`` > ``adam`` > common);
+3. an optimizer section beats the common part (for AdamW: ``adamw`` > ``adam`` > common; SignSGD and Lion
+   inherit ``adam``'s section as AdamW does; Adafactor and Muon do not);
 4. the later rule wins (a child spec's rules come after its parent's).
 """
 
@@ -25,7 +26,15 @@ SECTION_RANK = {
     "sgd": {"all": 0, "sgd": 1},
     "adam": {"all": 0, "adam": 1},
     "adamw": {"all": 0, "adam": 1, "adamw": 2},
+    "signsgd": {"all": 0, "adam": 1, "signsgd": 2},
+    "lion": {"all": 0, "adam": 1, "lion": 2},
+    "adafactor": {"all": 0, "adafactor": 1},
+    "muon": {"all": 0, "muon": 1},
 }
+"""Which sections each optimizer reads, and their precedence. Sign-like updates scale as Adam's (TP4b Remark 2.2.7),
+so ``signsgd`` and ``lion`` start from ``adam``'s rules; Adafactor's parameter-scaled step (c_Adafactor = c_Adam − b,
+Everett et al. 2024) and Muon's orthogonalised one need rules of their own. Under ``muon`` the tensors Muon does not
+own are resolved as their fallback optimizer (:func:`trained_by`)."""
 
 NETWORK_DEFAULTS = {"gamma": "1", "tau": "1", "alpha": "0", "center": "false"}
 """Values of network settings a spec leaves out; ``branch`` defaults to depth^-alpha and ``attention`` to the
@@ -180,20 +189,37 @@ def _rank(rule: Rule, optimizer: str) -> tuple:
 
 def most_specific_rule(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool = False) -> Rule | None:
     """The most specific rule that applies to a tensor (for reporting which rule decided it), or None."""
+    optimizer = trained_by(spec, check_optimizer(optimizer), name, role, residual)
     matching = [r for r in spec.rules if r.section in SECTION_RANK[optimizer] and rule_matches(r, name, role, residual)]
     return max(matching, key=lambda r: _rank(r, optimizer)) if matching else None
 
 
 def check_optimizer(optimizer: str) -> str:
     if optimizer not in SECTION_RANK:
-        raise ValueError(f"unknown optimizer '{optimizer}': choose sgd, adam or adamw")
+        raise ValueError(f"unknown optimizer '{optimizer}': choose one of {', '.join(SECTION_RANK)}")
     return optimizer
+
+
+def trained_by(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool = False) -> str:
+    """The optimizer that trains a tensor: ``optimizer`` itself, except under ``muon``, where a tensor is Muon's
+    when the most specific ``muon = true|false`` of the ``muon`` section says so — by default the matrix-like
+    ``hidden`` weights — and the spec's fallback's (AdamW unless ``fallback = …``) otherwise."""
+    if optimizer != "muon":
+        return optimizer
+    setting = _winning(spec, "muon", name, role, residual).get("muon")
+    owned = bool(setting.value) if setting is not None else role == "hidden"
+    return "muon" if owned else spec.fallback
 
 
 def resolve_settings(spec: Spec, optimizer: str, name: str | None, role: str,
                      residual: bool = False) -> dict[str, Setting]:
-    """The winning setting for each key that some matching rule sets (``residual``: the tensor is on a branch)."""
+    """The winning setting for each key that some matching rule sets (``residual``: the tensor is on a branch).
+    Under ``muon``, a tensor Muon does not own is resolved as its fallback optimizer (:func:`trained_by`)."""
     check_optimizer(optimizer)
+    return _winning(spec, trained_by(spec, optimizer, name, role, residual), name, role, residual)
+
+
+def _winning(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool) -> dict[str, Setting]:
     best: dict[str, tuple[tuple, Setting]] = {}
     for rule in spec.rules:
         if rule.section not in SECTION_RANK[optimizer] or not rule_matches(rule, name, role, residual):
@@ -302,11 +328,16 @@ def tensor_rule(spec: Spec, optimizer: str, name: str | None, role: str, net: Ne
     settings = resolve_settings(spec, optimizer, name, role, residual)
     missing = missing_keys(settings)
     if missing:
+        by = trained_by(spec, optimizer, name, role, residual)
+        sections = [s for s in SECTION_RANK[by] if s != "all"]
         raise SpecError(
             f"no rule decides {', '.join(missing)} for "
-            + (f"tensor '{name}' (role {role}" if name is not None else f"role '{role}' (") + f", optimizer {optimizer})",
+            + (f"tensor '{name}' (role {role}" if name is not None else f"role '{role}' (") + f", optimizer {optimizer}"
+            + (f", trained by its fallback {by}" if by != optimizer else "") + ")",
             SourcePos(spec.path, 0, 0),
-            hint=f"add a rule for role '{role}' or a 'default {{ … }}' rule that sets {', '.join(missing)}",
+            hint=f"add a rule for role '{role}' or a 'default {{ … }}' rule that sets {', '.join(missing)}"
+                 + (f" (in the common part or in section {' / '.join(sections)})" if optimizer not in ("sgd", "adam")
+                    else ""),
         )
     net = net or network(spec, optimizer)
     lookup = _lookup(spec, {"gamma": net.gamma, "alpha": Monomial.const(float(net.alpha))})
@@ -323,7 +354,7 @@ def tensor_rule(spec: Spec, optimizer: str, name: str | None, role: str, net: Ne
 
 __all__ = [
     "NETWORK_KEYS", "SECTION_RANK", "TENSOR_KEYS", "GlobMatcher", "Network", "TensorRule", "glob_matcher",
-    "glob_problem", "glob_regex", "most_specific_rule",
+    "glob_problem", "glob_regex", "most_specific_rule", "trained_by",
     "network", "network_setting",
     "resolve_settings", "rule_matches", "tensor_rule",
 ]

@@ -1,0 +1,82 @@
+"""Optimizer families: how a weight multiplier folds into each optimizer's settings, and which class runs it.
+
+A compiled model stores ``W = f · w`` instead of using ``f · w`` at run time; the optimizer of ``W`` must then take
+settings under which ``W`` moves exactly as ``f · w`` would (the abc-symmetry, TP4 Eq. 5, TP5 Lemma J.1). With
+``g_W = g_w / f`` and ``a = |f|``:
+
+* ``sgd`` — the step is linear in the gradient: ``lr · f²``; L2 weight decay ``wd / f²``.
+* ``adam`` — the step does not depend on the gradient's scale (Adam, AdamW; SignSGD and Lion, whose step is a
+  sign; Muon, whose Newton–Schulz step first divides by ‖G‖_F): ``lr · a``, ``ε / a``; decoupled weight decay
+  (``p ← p (1 − lr λ)``) ``wd / a``, Adam's L2 ``wd / f²``.
+* ``adafactor`` — ``torch.optim.Adafactor`` multiplies its scale-free step by ``max(ε₂, RMS(p))`` (Shazeer & Stern
+  2018 "parameter scaling", which it cannot switch off): ``lr`` and the decoupled ``wd`` unchanged, ``ε₁ / a``,
+  ``ε₂ · a``. Its symmetry is ``(a+θ, b−θ, c)`` (Everett et al. 2024, §4.1 of the reference tables).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FAMILY = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "signsgd": "adam", "lion": "adam", "muon": "adam",
+          "adafactor": "adafactor"}
+"""The folding family of each optimizer a spec can name."""
+
+DECOUPLED_DECAY = ("adamw", "signsgd", "lion", "muon", "adafactor")
+"""Optimizers whose weight decay is ``p ← p (1 − lr λ)`` rather than an L2 term in the gradient."""
+
+ADAFACTOR_EPS2 = 1e-3
+"""torch.optim.Adafactor's default ε₂, the floor of the parameter scale ``max(ε₂, RMS(p))``."""
+
+ADAFACTOR_TORCH = "2.5"
+"""The first torch release with ``torch.optim.Adafactor``."""
+
+CLASS_FAMILY = {
+    "SGD": "sgd", "ASGD": "sgd",
+    "Adam": "adam", "AdamW": "adam", "NAdam": "adam", "RAdam": "adam", "Adamax": "adam", "Adagrad": "adam",
+    "RMSprop": "adam", "SparseAdam": "adam", "SignSGD": "adam", "Lion": "adam", "Muon": "adam", "Combined": "adam",
+    "Adafactor": "adafactor",
+}
+"""``torch.optim`` (and ``mupdsl.optim``) classes by family, for checking a class against a plan."""
+
+
+@dataclass(frozen=True)
+class Folded:
+    """An optimizer's settings for the stored ``W = f · w``."""
+
+    lr: float
+    wd: float | None
+    eps: float | None
+    eps2_factor: float = 1.0
+    """What ε₂ (Adafactor's parameter-scale floor) is multiplied by: |f| for Adafactor, else 1."""
+
+
+def fold_settings(optimizer: str, fold: float, lr: float, wd: float | None, eps: float | None) -> Folded:
+    """The settings under which ``W = fold · w`` trains as ``fold · w`` with ``(lr, wd, eps)`` (module docstring).
+    ``eps`` is kept only for optimizers that take one (Adam's ε, Adafactor's ε₁)."""
+    family = FAMILY[optimizer]
+    a = abs(fold)
+    if family == "sgd":
+        return Folded(lr * fold * fold, None if wd is None else wd / (fold * fold), None)
+    decoupled = optimizer in DECOUPLED_DECAY
+    takes_eps = optimizer in ("adam", "adamw", "adafactor")
+    eps = eps / a if takes_eps and eps is not None else None
+    if family == "adafactor":
+        return Folded(lr, wd, eps, eps2_factor=a)
+    if wd is not None:
+        wd = wd / a if decoupled else wd / (fold * fold)
+    return Folded(lr * a, wd, eps)
+
+
+def adafactor_class() -> type[torch.optim.Optimizer]:
+    """``torch.optim.Adafactor``; raises ``ValueError`` naming the release needed when the installed torch lacks it."""
+    cls = getattr(torch.optim, "Adafactor", None)
+    if cls is None:
+        raise ValueError(f"optimizer adafactor needs torch >= {ADAFACTOR_TORCH} (torch.optim.Adafactor); "
+                         f"this is torch {torch.__version__}")
+    return cls
+
+
+__all__ = ["ADAFACTOR_EPS2", "CLASS_FAMILY", "DECOUPLED_DECAY", "FAMILY", "Folded", "adafactor_class",
+           "fold_settings"]
