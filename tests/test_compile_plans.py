@@ -69,7 +69,8 @@ def test_gpt_traps_ties_and_attention(build):
     assert tok.role == "embedding" and tok.tied_to == ["head.weight"]
     assert sorted(tok.use_mults.values()) == [0.5, 1.0]   # readout use gets the output multiplier 1/m
     # the tied table cannot carry both multipliers: the readout's 1/m is a forward hook on the head
-    assert [(m.module, m.kind, m.factor) for m in plan.runtime] == [("head", "output", 0.5)]
+    # the readout use scaled on its input (width < vocabulary): f·(Wx) = W(f·x), fewer numbers
+    assert [(m.module, m.kind, m.factor) for m in plan.runtime] == [("head", "input", 0.5)]
     assert [a.kind for a in plan.attention] == ["matmul"] * 3
     assert all(a.scale == pytest.approx(4 ** 0.5 / 8) for a in plan.attention)
     assert plan.tensor("pos.weight").role == "embedding" and not plan.tensor("pos.weight").residual

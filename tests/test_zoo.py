@@ -50,12 +50,12 @@ EXPECTED = {
                     carried="query.weight"),
     "hf_gpt2": dict(frontend="export", sites=2, blocks=(4, 1), readout=["transformer.wte.weight"],
                     ties={"transformer.wte.weight": ["lm_head.weight"]},
-                    runtime=[("lm_head", "output"), ("transformer.h.0.attn.c_attn", "output"),
+                    runtime=[("lm_head", "input"), ("transformer.h.0.attn.c_attn", "output"),
                              ("transformer.h.1.attn.c_attn", "output")],
                     fans={"transformer.h.0.attn.c_attn.weight": (128, 384)}, carried="128 query/key columns"),
     "hf_llama": dict(frontend="export", sites=2, blocks=(4, 1), readout=["lm_head.weight"], runtime=[],
                      roles={"lm_head.weight": "output", "model.embed_tokens.weight": "embedding"}, carried="q_proj"),
-    "hf_qwen2": dict(frontend="export", sites=2, blocks=(4, 1), runtime=[("lm_head", "output")],
+    "hf_qwen2": dict(frontend="export", sites=2, blocks=(4, 1), runtime=[("lm_head", "input")],
                      fans={"model.layers.0.self_attn.k_proj.weight": (128, 64)}, carried="q_proj"),
     "hf_gpt_neox": dict(frontend="export", sites=2, blocks=(2, 2), readout=["lm_head.weight"],
                         carried="query/key columns"),     # parallel attention and MLP branches
@@ -66,7 +66,7 @@ EXPECTED = {
                   warns="width-dependent constant", carried="q.weight"),
     "hf_vit": dict(frontend="export", sites=2, blocks=(4, 1), readout=["classifier.bias", "classifier.weight"],
                    roles={"vit.embeddings.cls_token": "embedding", "vit.embeddings.position_embeddings": "embedding"}),
-    "hf_mamba": dict(frontend="export", sites=0, blocks=(2, 1), runtime=[("lm_head", "output")]),
+    "hf_mamba": dict(frontend="export", sites=0, blocks=(2, 1), runtime=[("lm_head", "input")]),
     "timm_vit": dict(frontend="fx", sites=2, blocks=(4, 1), readout=["head.bias", "head.weight"],
                      runtime=[("blocks.0.attn.qkv", "output"), ("blocks.1.attn.qkv", "output")],
                      carried="query/key columns"),
@@ -75,7 +75,7 @@ EXPECTED = {
                               "blocks.0.mlp_channels.fc1.weight": "hidden"}),
     "timm_convnext": dict(frontend="fx", sites=0, readout=["head.fc.bias", "head.fc.weight"],
                           roles={"stages.0.blocks.0.gamma": "norm", "stages.0.blocks.0.conv_dw.weight": "input"}),
-    "gpt_untraceable": dict(frontend="export", sites=2, blocks=(4, 1), runtime=[("head", "output")],
+    "gpt_untraceable": dict(frontend="export", sites=2, blocks=(4, 1), runtime=[("head", "input")],
                             warns="traced with torch.export", carried="q.weight"),
 }
 

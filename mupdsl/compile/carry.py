@@ -110,6 +110,25 @@ class _Placer:
             return None
         return None
 
+    def _narrower_input(self, node: fx.Node, found: tuple[str, fx.Node]) -> bool:
+        """Whether ``node`` is a bias-free ``F.linear`` that module ``found[0]`` returns, applied to a value made
+        outside it (the module's input), with fewer input than output features: scaling that input is the same
+        function and touches fewer numbers (a tied readout: width ≪ vocabulary). The carried-plan check compares
+        the result with the reference graph on every compile."""
+        if found[1] is not node or node.op != "call_function" or not ops.is_one_of(node, ops.LINEAR_OPS):
+            return False
+        if len(node.args) < 2 or _has_bias(node, self.param_nodes) or len(node.args) > 2 and node.args[2] is not None:
+            return False
+        source = node.args[0]
+        if not isinstance(source, fx.Node) or module_of(source) == found[0] and source.op != "placeholder":
+            return False
+        view = param_view(node.args[1], self.param_nodes)
+        info = self.analysis.tensors.get(view.name) if view is not None else None
+        if info is None or len(info.shape) != 2:
+            return False
+        out_features, in_features = info.shape if not view.transposed else info.shape[::-1]
+        return in_features < out_features
+
     def folded_at(self, node: fx.Node) -> fx.Node:
         """The weight op a value's multiplier was folded into (where :meth:`fold_targets` stopped)."""
         while isinstance(node, fx.Node) and not (node.op == "call_function" and ops.is_weight_op(node)):
@@ -189,6 +208,10 @@ class _Placer:
                 return f"forward pre-hook on {module!r} (input × {factor:.6g})"
         else:
             found = module_returning(self.gm.graph, node)
+            if found is not None and self._narrower_input(node, found):
+                # f·(W x) = W (f·x): a vocabulary-sized readout scaled on its width-sized input costs less
+                self.carriage.hook(RuntimeMult(module=found[0], kind="input", factor=factor, reason=why))
+                return f"forward pre-hook on {found[0]!r} (input × {factor:.6g})"
             if found is not None:
                 self.carriage.hook(RuntimeMult(module=found[0], kind="output", factor=factor, reason=why))
                 return f"forward hook on {found[0]!r} (output × {factor:.6g})"

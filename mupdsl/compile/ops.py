@@ -84,6 +84,8 @@ _CONVT = {1: ("weight", CONV_TRANSPOSE), 2: ("bias", BIAS)}
 _LN = {2: ("weight", NORM), 3: ("bias", NORM)}
 _BN = {1: ("weight", NORM), 2: ("bias", NORM)}
 _table([F.linear, _aten("linear")], _LINEAR)
+LINEAR_OPS = {op for op in (F.linear, _aten("linear")) if op is not None}
+"""``F.linear`` as fx and as torch.export record it."""
 _table([F.conv1d, F.conv2d, F.conv3d, _aten("conv1d"), _aten("conv2d"), _aten("conv3d")], _CONV, groups=6)
 _table([F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, _aten("conv_transpose1d"),
         _aten("conv_transpose2d", "input"), _aten("conv_transpose3d", "input")], _CONVT, groups=6)
