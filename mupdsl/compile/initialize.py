@@ -96,6 +96,9 @@ def initialize(model: nn.Module, plan: Plan, seed: int = 0, *, redraw_defaults: 
                                    "(a model built with values, or an init the recorder does not read)",
                                    hint="apply the spec to the model while it is on meta, or give the tensor an "
                                         "explicit init (normal(std = …), zero, const(value = …))")
+            if factor > 0:   # the plan's factor drawn with it: one pass over the tensor
+                _fill(p, t.own_init.scaled(factor).draw, generator_for)
+                continue
             _fill(p, t.own_init.draw, generator_for)
         if factor != 1.0:
             p.mul_(factor)
