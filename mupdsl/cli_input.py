@@ -186,7 +186,7 @@ def model_code(model: str):
         yield
     except (BadInput, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
         raise
-    except SystemExit as exc:
+    except (SystemExit, GeneratorExit) as exc:   # BaseExceptions a model file may raise on its own
         raise _user_error(model, exc, _user_frames(exc)) from None
     except Exception as exc:  # noqa: BLE001 - only the user's code is reported; mupdsl's own bugs propagate
         frames = _user_frames(exc)

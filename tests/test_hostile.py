@@ -449,6 +449,76 @@ def test_a_model_file_that_exits_or_raises_is_reported_as_the_users(tmp_path, na
     assert "traceback of your code" in result.output and f'{name}", line {line}' in result.output, result.output
 
 
+MODEL_FILES["generator_exit.py"] = ("def build(width, depth=2):\n    raise GeneratorExit('x')\n", "raised GeneratorExit", 2)
+
+EXAMPLES = {   # a model file whose example batch the model cannot take: the user's error, named as such
+    "wrong_shape.py": "torch.randn(n, 7), torch.zeros(n, dtype=torch.long)",
+    "a_string.py": "'hello', torch.zeros(n, dtype=torch.long)",
+    "nan_inputs.py": "torch.full((n, 4), float('nan')), torch.zeros(n, dtype=torch.long)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_an_example_batch_the_model_cannot_take_is_named(tmp_path, name):
+    (tmp_path / name).write_text(
+        "import torch\nfrom torch import nn\n\ndef build(width, depth=2):\n"
+        "    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))\n\n"
+        f"def example_batch(n):\n    return {EXAMPLES[name]}\n")
+    result = cli("compile", "mup", str(tmp_path / name), "--width", "16", "--base-width", "8")
+    assert result.exit_code == 2, result.output
+    assert "example inputs" in result.output and name in result.output, result.output
+
+
+def test_an_example_batch_without_targets_is_named_where_training_needs_them(tmp_path):
+    (tmp_path / "no_targets.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef build(width, depth=2):\n"
+        "    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))\n\n"
+        "def example_batch(n):\n    return torch.randn(n, 4)\n")
+    result = cli("coordcheck", "mup", str(tmp_path / "no_targets.py"), "--widths", "8,16", "--steps", "1",
+                 "--seeds", "1")
+    assert result.exit_code == 2 and "(inputs, targets)" in result.output, result.output
+
+
+def test_an_empty_model_name_and_an_overlong_spec_name_are_bad_input(tmp_path):
+    result = cli("compile", "mup", "", "--width", "16", "--meta")
+    assert result.exit_code == 2 and "no model given" in result.output, result.output
+    result = cli("check", "b" * 300)
+    assert result.exit_code == 2 and "no such spec file" in result.output, result.output
+    (tmp_path / "long.param").write_text(f'extends "{"a" * 300}.param"\n')
+    err = spec_error(tmp_path, f'extends "{"a" * 300}.param"\n', name="long.param")
+    located(err, 1, 9)
+
+
+def test_unicode_digits_are_not_numbers(tmp_path):
+    err = spec_error(tmp_path, "hyper eta0 = \u0661\n")
+    located(err, 1, 14)
+    result = cli("explain", "mup", "--set", "eta0=\uff11")
+    assert result.exit_code == 2 and "not a number" in result.output, result.output
+
+
+def test_an_exponent_from_a_hyperparameter_keeps_the_limits(tmp_path):
+    err = spec_error(tmp_path, "spec a\nextends mup\nhyper p = 1e-300\nhidden { lr = eta0 * width^p }\n")
+    located(err, 4, 28)
+    assert "simple fraction" in err.message
+    err = spec_error(tmp_path, "spec a\nextends mup\nhyper p = 1e-300\nnetwork { alpha = p }\n")
+    located(err, 4, 19)
+    spec = load_spec(str(_write(tmp_path, "ok.param", "spec a\nextends mup\nhyper p = 1/3\n"
+                                                       "hidden { lr = eta0 * width^p }\n")))
+    assert spec.hypers["p"].value == Fraction(1, 3)
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_set_with_two_specs_goes_to_the_specs_that_declare_it():
+    result = cli("explain", "mup", "sp", "--set", "nope=1")
+    assert result.exit_code == 2 and "neither" in result.output, result.output
+    result = cli("explain", "mup", "sp", "--set", "eta0=-1")
+    assert result.exit_code == 2 and "negative" in result.output, result.output
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Experiment files
 

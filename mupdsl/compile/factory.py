@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from .errors import CompileError
@@ -49,6 +50,21 @@ class ModelFactory:
         except Exception as exc:  # noqa: BLE001
             raise CompileError(f"{self.source}: example_batch({batch_size}) failed: {type(exc).__name__}: {exc}") from None
 
+    def training_batch(self, batch_size: int) -> tuple[tuple, torch.Tensor]:
+        """``example_batch`` as training needs it: (inputs, targets) with a tensor of targets; the inputs as a
+        tuple of positional arguments. A CompileError names what the file returned otherwise."""
+        batch = self.example_batch(batch_size)
+        if batch is None:
+            raise CompileError(f"{self.source}: the model file has no example_batch(batch_size)",
+                               hint="add one returning (inputs, targets), or pass --data mnist1d")
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
+            what = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+            raise CompileError(f"{self.source}: example_batch({batch_size}) returned a {what}; training needs "
+                               "(inputs, targets) with targets a tensor",
+                               hint="return (x, y), or ((x1, x2), y) for a forward with several inputs")
+        inputs, targets = batch
+        return (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)), targets
+
 
 def _import_path(path: Path) -> ModuleType:
     name = f"mupdsl_model_{abs(hash(str(path.resolve())))}"
@@ -75,6 +91,9 @@ def load_factory(target: str | Callable[..., nn.Module]) -> ModelFactory:
     if callable(target) and not isinstance(target, str):
         return _from_callable(getattr(target, "__name__", "model"), target, None)
     text = str(target)
+    if not text.strip():
+        raise CompileError("no model given (an empty name)",
+                           hint="give a .py file defining build(width, depth), or a module such as mupdsl.models.mlp")
     base, _, attr = text.partition(":") if not (len(text) > 1 and text[1] == ":" and text[2:3] in "\\/") else (text, "", "")
     if base.endswith(".py") or "/" in base:
         path = Path(base)
@@ -84,7 +103,7 @@ def load_factory(target: str | Callable[..., nn.Module]) -> ModelFactory:
     else:
         try:
             module = importlib.import_module(base)
-        except ImportError as exc:
+        except (ImportError, ValueError, TypeError) as exc:   # ValueError: an empty or relative module name
             raise CompileError(f"cannot import model module {base!r}: {exc}") from None
     obj: Any = module
     if attr:

@@ -84,7 +84,10 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
     removed = hooks.remove(model)
     meta = any(p.device.type == "meta" for p in model.parameters())
     at_base = width == base_width and depth == base_depth and inputs is not None and not meta and init
-    own_output = _run_eval(model, inputs) if at_base else None   # TP5 Eq. 4: checked after the plan is applied
+    # the user's model, as they wrote it, on its example batch: a failure here is theirs (the batch or the model),
+    # reported as such before anything is changed; at the base width it is also TP5 Eq. 4's reference output
+    own_output = _own_run(model, inputs, model_name) if inputs is not None and not meta else None
+    own_output = own_output if at_base else None
     stack = find_stack(model) if meta and repeat else None
     if stack is not None and find_stack(base) == stack:   # a deep model on meta: plan two blocks, repeat
         view, base_view, probe_view = (truncated(m, stack[0]) for m in (model, base, probe))
@@ -177,6 +180,27 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
         plan.checks["base_identity"] = f"passed: at the base width the outputs are the model's own (largest " \
                                        f"relative difference {worst:.2g})"
     return compiled
+
+
+def _own_run(model: nn.Module, inputs: tuple, model_name: str):
+    """:func:`_run_eval` on the user's unchanged model; any exception, or a NaN in the output, is a located
+    CompileError naming the example inputs (the model has not been touched yet, so it is the batch's or the
+    model's own)."""
+    shapes = ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" if isinstance(x, torch.Tensor)
+                       else type(x).__name__ for x in inputs)
+    hint = ("example_batch(batch_size) must return (inputs, targets) whose inputs the model's forward accepts (or "
+            "pass example_inputs= that it accepts)")
+    try:
+        out = _run_eval(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - the user's forward can fail in any way
+        raise CompileError(f"{model_name}: the model does not run on its example inputs ({shapes}): "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", hint=hint) from exc
+    if any(isinstance(x, torch.Tensor) and x.is_floating_point() and bool(torch.isnan(x).any())
+           for x in torch.utils._pytree.tree_leaves(out)):
+        raise CompileError(f"{model_name}: the model's own output on its example inputs ({shapes}) holds NaN, so "
+                           "no check can compare it", hint="check example_batch(batch_size) (NaN inputs?) and the "
+                                                           "model's forward")
+    return out
 
 
 def _run_eval(model: nn.Module, inputs: tuple):

@@ -32,13 +32,16 @@ def preset_names() -> list[str]:
 
 def find_spec_file(name_or_path: str) -> Path | None:
     """A path that exists, or the preset of that name."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if "/" not in name_or_path and not name_or_path.endswith(".param"):
-        preset = PRESET_DIR / f"{name_or_path}.param"
-        if preset.is_file():
-            return preset
+    try:
+        path = Path(name_or_path)
+        if path.is_file():
+            return path
+        if "/" not in name_or_path and not name_or_path.endswith(".param"):
+            preset = PRESET_DIR / f"{name_or_path}.param"
+            if preset.is_file():
+                return preset
+    except (OSError, ValueError):   # a name the file system refuses (too long, a NUL byte): no such file
+        return None
     return None
 
 
@@ -229,10 +232,15 @@ def _display(path: Path) -> str:
 
 
 def _extends_path(target: str, child: Path) -> Path | None:
-    if target.endswith(".param") or "/" in target:
-        candidate = (child.parent / target) if not Path(target).is_absolute() else Path(target)
-        return candidate if candidate.is_file() else None
-    return find_spec_file(target)
+    """The file ``extends`` names, or None when there is none (a name the file system refuses — too long, a NUL
+    — is none either)."""
+    try:
+        if target.endswith(".param") or "/" in target:
+            candidate = (child.parent / target) if not Path(target).is_absolute() else Path(target)
+            return candidate if candidate.is_file() else None
+        return find_spec_file(target)
+    except (OSError, ValueError):
+        return None
 
 
 def _merge(f: SpecFile, parent: Spec | None) -> Spec:

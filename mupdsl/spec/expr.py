@@ -19,7 +19,7 @@ from fractions import Fraction
 from typing import Callable, Mapping
 
 from .errors import SourcePos, SpecError
-from .limits import MAX_EXPONENT, MAX_EXPONENT_TERM, check_exponent
+from .limits import MAX_EXPONENT, MAX_EXPONENT_TERM, check_exponent, exponent_from_float
 from .model import Expr
 
 _LOG_MAX = math.log(1.7976931348623157e308)
@@ -281,7 +281,11 @@ def exponent_value(expr: Expr, lookup: Lookup, source: str | None = None) -> Fra
             if abs(m.coef) > MAX_EXPONENT_TERM:
                 raise SpecError(f"exponent '{node.name}' = {m.coef:g} is out of range", node.pos, source=source,
                                 hint=f"exponents are at most {MAX_EXPONENT} in magnitude")
-            value = Fraction(m.coef).limit_denominator(10**9)
+            try:
+                value = exponent_from_float(m.coef)
+            except ValueError as exc:
+                raise SpecError(f"'{node.name}' used as an exponent: {exc}", node.pos, source=source,
+                                hint="give the hyperparameter an exact value such as 1/2 or 0.25") from None
         elif kind == "neg":
             value = -args[0]
         elif kind == "pow":

@@ -41,7 +41,7 @@ MAX_GLOB_CHARS = 256
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest float32: a constant init std or ``const`` value must fit in a float32 weight."""
 
-_NUMBER = re.compile(r"(\d+)?(?:\.(\d*))?(?:[eE]([+-]?\d+))?")
+_NUMBER = re.compile(r"([0-9]+)?(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?")   # ASCII digits only: int() reads others
 
 
 @functools.lru_cache(maxsize=4096)   # a large spec repeats the same few literals
@@ -106,8 +106,21 @@ def check_exponent(p: Fraction) -> str | None:
     return None
 
 
+def exponent_from_float(value: float) -> Fraction:
+    """An exponent that reached a float (a hyperparameter's value, alpha): the simple fraction p/q (q ≤ 10^6) it
+    is within 1e-12 of, relative. Raises ValueError otherwise — ``1e-300`` is not rounded to 0, nor ``0.1234567891``
+    to a nearby fraction."""
+    exact = Fraction(value)
+    if exact == 0:
+        return exact
+    near = exact.limit_denominator(10**6)
+    if near == 0 or abs(near - exact) > abs(exact) * Fraction(1, 10**12):
+        raise ValueError(f"exponent {value:g} is not a simple fraction p/q (q at most 10^6)")
+    return near
+
+
 __all__ = [
     "FLOAT32_MAX", "MAX_EXPONENT", "MAX_EXPONENT_TERM", "MAX_EXPR_TOKENS", "MAX_FILE_BYTES", "MAX_GLOB_CHARS",
-    "MAX_NESTING", "MAX_NUMBER_CHARS", "MAX_NUMBER_DECADE", "check_exponent", "check_magnitude", "parse_number",
+    "MAX_NESTING", "MAX_NUMBER_CHARS", "MAX_NUMBER_DECADE", "check_exponent", "check_magnitude", "exponent_from_float", "parse_number",
     "parse_value",
 ]

@@ -20,6 +20,7 @@ from typing import Mapping
 
 from .errors import SourcePos, SpecError
 from .expr import Monomial, to_monomial
+from .limits import exponent_from_float
 from .model import NETWORK_KEYS, REQUIRED_TENSOR_KEYS, TENSOR_KEYS, Expr, Init, Rule, Setting, Spec
 
 SECTION_RANK = {
@@ -290,7 +291,7 @@ def network(spec: Spec, optimizer: str) -> Network:
             values[key] = Monomial.const(float(Fraction(NETWORK_DEFAULTS[key])))
         else:
             values[key] = to_monomial(setting.value, _lookup(spec, values))
-    alpha = Fraction(values["alpha"].coef).limit_denominator(10**9)
+    alpha = exponent_from_float(values["alpha"].coef)   # a simple fraction: checked when the spec was read
     extra = {"alpha": Monomial.const(float(alpha))}
     branch_setting = network_setting(spec, optimizer, "branch")
     sources["branch"] = branch_setting.pos if branch_setting else None

@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 from .errors import SourcePos, SpecError, did_you_mean
 from .expr import Monomial, to_monomial
-from .limits import FLOAT32_MAX, MAX_EXPONENT
+from .limits import FLOAT32_MAX, MAX_EXPONENT, exponent_from_float
 from .model import (
     ATTENTION_OWN_SCALES, NETWORK_SIZE_VARIABLES, OPTIMIZERS, SIZE_VARIABLES, Expr, Hyper, Init, Spec,
 )
@@ -69,6 +69,9 @@ def _check_value(key: str, m: Monomial, expr: Expr, spec: Spec, src, init: str |
     elif key in _POSITIVE and m.coef <= 0:
         problem = f"'{key}' is {'0' if m.coef == 0 else f'negative ({m})'}"
         allowed = f"{_POSITIVE[key]} must be positive"
+    elif key == "alpha" and _not_simple(m.coef):
+        problem = f"'alpha' is {m.coef:g}"
+        allowed = "alpha is an exponent (branch = depth^-alpha): a simple fraction p/q (q at most 10^6), such as 1/2"
     elif key == "alpha" and abs(m.coef) > MAX_EXPONENT:
         problem = f"'alpha' is {m.coef:g}"
         allowed = f"alpha is an exponent (branch = depth^-alpha): at most {MAX_EXPONENT} in magnitude"
@@ -165,7 +168,15 @@ def _alpha(spec: Spec, optimizer: str) -> Fraction:
         return Fraction(0)
     hypers = spec.hyper_values()
     folded = to_monomial(setting.value, lambda name, node: Monomial.const(float(hypers[name])))
-    return Fraction(folded.coef).limit_denominator(10**9)
+    return exponent_from_float(folded.coef)
+
+
+def _not_simple(value: float) -> bool:
+    try:
+        exponent_from_float(value)
+    except ValueError:
+        return True
+    return False
 
 
 __all__ = ["check_values", "constant"]
