@@ -512,6 +512,18 @@ def _write(folder: Path, name: str, text: str) -> Path:
     return folder / name
 
 
+def test_too_many_rules_are_refused_and_many_compile_quickly(tmp_path):
+    from mupdsl.compile import compile_model
+    from mupdsl.spec.limits import MAX_RULES
+
+    rules = "".join(f'"l{i}.*" {{ lr = eta0 }}\n' for i in range(MAX_RULES))
+    err = spec_error(tmp_path, "extends sp\n" + rules, name="many.param")
+    assert "too many rules" in err.message and err.pos.line > MAX_RULES - 20
+    (tmp_path / "some.param").write_text("extends sp\n" + "".join(f'"l{i}.*" {{ lr = eta0 }}\n' for i in range(4000)))
+    with within(10):   # a hang guard: each glob is compiled once and rejects most names on its literal prefix
+        compile_model(str(tmp_path / "some.param"), MODEL, width=16, base_width=8)
+
+
 def test_set_with_two_specs_goes_to_the_specs_that_declare_it():
     result = cli("explain", "mup", "sp", "--set", "nope=1")
     assert result.exit_code == 2 and "neither" in result.output, result.output

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import SourcePos, SpecError, did_you_mean
-from .limits import MAX_FILE_BYTES, check_magnitude, parse_value
+from .limits import MAX_FILE_BYTES, MAX_RULES, check_magnitude, parse_value
 from .model import INIT_KINDS, NETWORK_KEYS, SIZE_VARIABLES, Hyper, NetworkSetting, Rule, Selector, Spec
 from .reader import Reader, SpecFile
 from .parsing import parse_checked
@@ -275,6 +275,10 @@ def _merge(f: SpecFile, parent: Spec | None) -> Spec:
             raise SpecError(f"duplicate rule '{selector}'{where}", pos, source=f.source,
                             hint="merge the two blocks into one", notes=[("first rule here", seen[key])])
         seen[key] = pos
+        if len(rules) >= MAX_RULES:
+            raise SpecError(f"too many rules: a spec (with what it extends) has at most {MAX_RULES:,}", pos,
+                            source=f.source, hint="merge rules that set the same values: one glob can name many "
+                                                  "tensors")
         rules.append(Rule(selector=selector, section=section, settings=settings, pos=pos, order=base + i))
     nbase = len(parent.network) if parent else 0
     network = list(parent.network) if parent else []

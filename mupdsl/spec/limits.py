@@ -35,6 +35,10 @@ fine)."""
 MAX_NESTING = 100
 """Parentheses and unary minus signs nest at most 100 deep."""
 
+MAX_RULES = 20_000
+"""A spec (with everything it extends) has at most 20,000 rules: a real one has tens; each rule is matched against
+every tensor name, and 20,000 compile in a few seconds."""
+
 MAX_GLOB_CHARS = 256
 """A name glob is at most 256 characters long."""
 
@@ -121,6 +125,6 @@ def exponent_from_float(value: float) -> Fraction:
 
 __all__ = [
     "FLOAT32_MAX", "MAX_EXPONENT", "MAX_EXPONENT_TERM", "MAX_EXPR_TOKENS", "MAX_FILE_BYTES", "MAX_GLOB_CHARS",
-    "MAX_NESTING", "MAX_NUMBER_CHARS", "MAX_NUMBER_DECADE", "check_exponent", "check_magnitude", "exponent_from_float", "parse_number",
-    "parse_value",
+    "MAX_NESTING", "MAX_NUMBER_CHARS", "MAX_NUMBER_DECADE", "MAX_RULES", "check_exponent", "check_magnitude",
+    "exponent_from_float", "parse_number", "parse_value",
 ]

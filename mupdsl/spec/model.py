@@ -11,7 +11,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from .errors import SourcePos
 
@@ -284,5 +284,15 @@ class Spec(BaseModel):
     """The optimizer of the tensors Muon does not own (``muon { fallback = … }``); AdamW unless a spec says."""
     fallback_pos: SourcePos | None = None
 
+    _rules_without_glob: tuple | None = PrivateAttr(default=None)
+
     def hyper_values(self) -> dict[str, Fraction]:
         return {name: h.value for name, h in self.hypers.items()}
+
+    def rules_without_glob(self) -> tuple[Rule, ...]:
+        """The rules that select by role alone (no name glob): all that can apply to a query by role, as
+        ``explain`` asks. Derived from ``rules`` once (a spec is immutable)."""
+        cached = self._rules_without_glob
+        if cached is None or cached[0] is not self.rules:   # a model_copy with new rules derives them again
+            cached = self._rules_without_glob = (self.rules, tuple(r for r in self.rules if r.selector.glob is None))
+        return cached[1]

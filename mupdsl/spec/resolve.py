@@ -103,6 +103,12 @@ class GlobMatcher:
                 continue
             tokens.append((kind, arg))
         self.tokens = tokens
+        prefix = []
+        for kind, arg in tokens:   # the literal characters every match starts with: most names fail on them at once
+            if kind != "char":
+                break
+            prefix.append(arg)
+        self.prefix = "".join(prefix)
         n = len(tokens)
         # closure[j]: the positions reachable from j without reading a character (a run may match nothing)
         self.closure = []
@@ -114,6 +120,8 @@ class GlobMatcher:
 
     def match(self, name: str) -> bool | None:
         """True when the glob matches the whole of ``name``, else None (as ``re.Pattern.match`` answers)."""
+        if not name.startswith(self.prefix):
+            return None
         tokens, closure, n = self.tokens, self.closure, len(self.tokens)
         current = set(closure[0])
         for ch in name:
@@ -156,7 +164,7 @@ def _char_class(body: str):
     return test
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=2**17)   # more than a spec file within the size limit can hold
 def glob_matcher(glob: str) -> GlobMatcher:
     """The compiled matcher of a name glob (cached)."""
     return GlobMatcher(glob)
@@ -222,7 +230,7 @@ def resolve_settings(spec: Spec, optimizer: str, name: str | None, role: str,
 
 def _winning(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool) -> dict[str, Setting]:
     best: dict[str, tuple[tuple, Setting]] = {}
-    for rule in spec.rules:
+    for rule in spec.rules if name is not None else spec.rules_without_glob():
         if rule.section not in SECTION_RANK[optimizer] or not rule_matches(rule, name, role, residual):
             continue
         rank = _rank(rule, optimizer)
