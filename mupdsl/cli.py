@@ -20,7 +20,7 @@ from .cli_input import (
     parse_sets, seed_flag, writable_dir, writable_file,
 )
 from .cli_output import explanation_json, print_coordcheck, print_explanation, print_plan
-from .spec import OPTIMIZERS, SpecError, differences, explain, load_spec
+from .spec import OPTIMIZERS, SpecError, apply_overrides, differences, explain, load_spec
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
 
@@ -72,6 +72,15 @@ def explain_cmd(specs: tuple[str, ...], optimizer: str | None, sets: tuple[str, 
         raise BadInput("explain takes one spec, or two to compare")
     overrides = parse_sets(sets)
     loaded = [load(path, overrides if len(specs) == 1 else None) for path in specs]
+    if len(loaded) == 2 and overrides:   # each --set goes to the specs that declare it; one neither declares is bad
+        unknown = [name for name in overrides if not any(name in s.hypers for s in loaded)]
+        if unknown:
+            raise BadInput(f"--set {unknown[0]}: neither '{specs[0]}' nor '{specs[1]}' declares a hyperparameter "
+                           f"'{unknown[0]}'")
+        try:
+            loaded = [apply_overrides(s, {k: v for k, v in overrides.items() if k in s.hypers}) for s in loaded]
+        except SpecError as exc:
+            raise BadInput(exc.render()) from None
     optimizers = (optimizer,) if optimizer else ("sgd", "adam")
     if len(loaded) == 2:
         report = {opt: [d.__dict__ for d in differences(loaded[0], loaded[1], opt)] for opt in optimizers}
