@@ -263,12 +263,19 @@ def coordcheck_cmd(spec, model, widths, base_width, depth, base_depth, steps, op
 @click.option("--tol", type=float, default=1e-4, show_default=True, help="Lanczos residual tolerance (relative).")
 @click.option("--trace-samples", type=int, default=16, show_default=True, help="Hutchinson samples (0: skip).")
 @click.option("--micro-batch", type=int, default=None, help="Accumulate HVPs over micro-batches of this size.")
+@click.option("--measure-batch-size", type=int, default=None,
+              help="Measure on a batch of this size drawn like the training one (default: the training batch).")
+@click.option("--preconditioner", type=click.Choice(["last", "next"]), default="last", show_default=True,
+              help="Adam: v̂ of the last update, or of the update the measurement batch's gradient would make.")
+@click.option("--floor-warn", type=float, default=0.25, show_default=True,
+              help="Adam: warn when this share of the top eigenvector lies on coordinates at the ε floor.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--save-state", type=click.Path(dir_okay=False), default=None,
               help="torch.save the measured model's state_dict here (its plan goes to PATH.plan.json).")
 @click.option("--json", "as_json", is_flag=True)
 def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, sets, batch_size, train_steps, top_k,
-                  loss, mode, tol, trace_samples, micro_batch, seed, save_state, as_json) -> None:
+                  loss, mode, tol, trace_samples, micro_batch, measure_batch_size, preconditioner, floor_warn, seed,
+                  save_state, as_json) -> None:
     """Top eigenvalues of the learning-rate-preconditioned Hessian S H S on the model's example batch."""
     int_flag("--width", width)
     int_flag("--base-width", base_width)
@@ -280,6 +287,12 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
     float_flag("--tol", tol)
     int_flag("--trace-samples", trace_samples, 0, 1_000_000)
     int_flag("--micro-batch", micro_batch)
+    int_flag("--measure-batch-size", measure_batch_size)
+    float_flag("--floor-warn", floor_warn)
+    if not 0 <= floor_warn <= 1:
+        raise BadInput("--floor-warn is a share between 0 and 1")
+    if optimizer == "sgd" and preconditioner != "last":
+        raise BadInput("--preconditioner chooses Adam's v̂: it needs --optimizer adam or adamw")
     seed_flag("--seed", seed)
     if optimizer != "sgd" and train_steps == 0:
         raise BadInput("the Adam preconditioner needs the optimizer's second moments: pass --train-steps 1 or more")
@@ -301,13 +314,19 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
             from .compile.factory import load_factory  # noqa: PLC0415
 
             torch.manual_seed(seed)
-            example = load_factory(model).example_batch(batch_size)
+            factory = load_factory(model)
+            example = factory.example_batch(batch_size)
+            measured = factory.example_batch(measure_batch_size) if measure_batch_size and example else None
     except CompileError as exc:
         raise compile_error(exc) from None
     if example is None:
         raise BadInput(f"error: {model} has no example_batch(batch_size) to measure on")
     inputs, targets = example
     batch = Batch(tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), targets)
+    measure_on = batch
+    if measured is not None:
+        m_inputs, m_targets = measured
+        measure_on = Batch(tuple(m_inputs) if isinstance(m_inputs, (tuple, list)) else (m_inputs,), m_targets)
     opt = compiled.optimizer()
     with model_code(model):
         for step in range(train_steps):
@@ -319,10 +338,10 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
     opt.zero_grad(set_to_none=True)
     try:
         with model_code(model):
-            result = measure_compiled(compiled, batch, opt, loss=loss, top_k=top_k, tol=tol, mode=mode,
+            result = measure_compiled(compiled, measure_on, opt, loss=loss, top_k=top_k, tol=tol, mode=mode,
                                       trace_samples=trace_samples, directional=True, micro_batch=micro_batch,
-                                      seed=seed)
-            raw = measure(compiled.model, batch, loss=loss, top_k=top_k, tol=tol, mode=mode, micro_batch=micro_batch,
+                                      seed=seed, preconditioner=preconditioner, floor_warn=floor_warn)
+            raw = measure(compiled.model, measure_on, loss=loss, top_k=top_k, tol=tol, mode=mode, micro_batch=micro_batch,
                           seed=seed)
     except ValueError as exc:
         raise BadInput(f"error: {exc}") from None
@@ -339,6 +358,11 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
                 f"(EoS threshold {result.eos_threshold:.4g})")
     out().print(f"  top-{top_k}: {', '.join(f'{v:.6g}' for v in result.eigenvalues)}; {result.hvps} HVPs, "
                 f"residuals {', '.join(f'{r:.1e}' for r in result.residual)}, converged {result.converged}")
+    if result.floor_share is not None:
+        out().print(f"  share of the top eigenvector at Adam's ε floor (v̂ ≤ ε², preconditioner {preconditioner}): "
+                    f"{100 * result.floor_share:.1f}%")
+    if result.warning:
+        err().print(f"[yellow]warning: {result.warning}[/]")
     if result.trace is not None:
         out().print(f"  trace {result.trace:.6g} ± {result.trace_stderr:.2g} (Hutchinson, {trace_samples} samples)")
     out().print(f"  directional sharpness along the preconditioned gradient: {result.directional:.6g}")
@@ -357,7 +381,8 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
               help="Ray cluster for --engine ray (default: RAY_ADDRESS, else a local cluster).")
 @click.option("--gpus-per-task", type=float, default=0, show_default=True, help="GPUs per Ray task (--engine ray).")
 @click.option("--no-gate", is_flag=True, help="Run even if a gated spec fails its coordinate check.")
-@click.option("--fresh", is_flag=True, help="Delete earlier results instead of resuming.")
+@click.option("--fresh", is_flag=True,
+              help="Delete this sweep's earlier results (only the files it wrote) instead of resuming.")
 @click.option("--small", is_flag=True, help="A CPU-sized version: two narrow widths, few steps, lrs and seeds.")
 @click.option("--json", "as_json", is_flag=True)
 def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_task, no_gate, fresh, small,
@@ -369,7 +394,9 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_t
                         sweep_document, write_report)
 
     from .data import DataMissing  # noqa: PLC0415
+    from .sweep.engines import EngineRefused  # noqa: PLC0415
     from .sweep.experiment import small as make_small  # noqa: PLC0415
+    from .sweep.store import StoreError  # noqa: PLC0415
 
     int_flag("--tasks", tasks, 1, 100_000)
     float_flag("--gpus-per-task", gpus_per_task, positive=False)
@@ -401,10 +428,13 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_t
         sys.exit(1)
     except (CompileError, SpecError) as exc:
         raise BadInput(exc.render()) from None
-    except DataMissing as exc:
+    except (DataMissing, StoreError, EngineRefused) as exc:
         raise BadInput(f"error: {exc}") from None
-    report, analysis = write_report(target)
-    doc = sweep_document(target, analysis)
+    try:
+        report, analysis = write_report(target)
+        doc = sweep_document(target, analysis)
+    except StoreError as exc:
+        raise BadInput(f"error: {exc}") from None
     doc.update(ran=summary.ran, skipped=summary.skipped, planned=summary.trials, report=str(report))
     show_results(doc, as_json)
     failed = failed_claims(doc)
@@ -420,12 +450,13 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_t
 def report_cmd(directory, as_json) -> None:
     """Write DIRECTORY/report.md (figures beside it) from a sweep's store."""
     from .sweep import sweep_document, write_report  # noqa: PLC0415
+    from .sweep.store import StoreError  # noqa: PLC0415
 
     try:
         path, analysis = write_report(directory)
-    except FileNotFoundError as exc:
+        doc = sweep_document(directory, analysis)
+    except (FileNotFoundError, StoreError) as exc:
         raise BadInput(f"error: {exc}") from None
-    doc = sweep_document(directory, analysis)
     doc["report"] = str(path)
     show_results(doc, as_json)
 

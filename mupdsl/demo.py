@@ -91,12 +91,17 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
     save()
 
     from .sweep import load_experiment, run as run_sweep, write_report  # noqa: PLC0415
+    from .sweep.store import StoreError  # noqa: PLC0415
 
     experiment = Path(__file__).resolve().parent.parent / "runners" / "demo.toml"
     say(f"[5/5] learning-rate transfer sweep {experiment.name}: µP vs SP vs NTP, MLP on MNIST-1D, Adam "
         "(resumes if interrupted)")
     exp = load_experiment(experiment)
-    counts = run_sweep(exp, out / "sweep", say=lambda line: say("  " + line))
+    try:
+        counts = run_sweep(exp, out / "sweep", say=lambda line: say("  " + line))
+    except StoreError as exc:   # the demo's own folder, written by another version or another demo: start it anew
+        say(f"  the demo's earlier results cannot be resumed ({str(exc).splitlines()[0]}): starting the sweep anew")
+        counts = run_sweep(exp, out / "sweep", fresh=True, say=lambda line: say("  " + line))
     report, analysis = write_report(out / "sweep")
     summary["sweep"] = {"trials": counts.trials, "ran": counts.ran, "report": str(report),
                         "specs": {s: {k: a[k] for k in ("eta_star", "shift", "transfer", "transfer_reason",

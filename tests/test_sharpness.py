@@ -91,10 +91,10 @@ def test_preconditioned_sgd_and_adam_forms(kind):
     op, _, _, H = dense(model, batch)
     S = preconditioner(model, names, lrs, eta0, opt, "adam")
     P = []
-    for n in names:
+    for n in names:  # D P⁻¹ with P = (1 − β1^t)(√v̂ + ε) (seed 002 App. J.1; Cohen et al. 2022)
         st = opt.state[model.get_parameter(n)]
         v_hat = st["exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
-        P.append((lrs[n] / eta0 / (v_hat.sqrt() + 1e-8)).reshape(-1))
+        P.append((lrs[n] / eta0 / ((1 - 0.9 ** float(st["step"])) * (v_hat.sqrt() + 1e-8))).reshape(-1))
     DP = torch.diag(torch.cat(P))
     exact = torch.linalg.eigvals(DP @ H).real.sort(descending=True).values[:2]
     got = measure(model, batch, scale=S, top_k=2, tol=1e-9).eigenvalues

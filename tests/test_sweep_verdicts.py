@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from mupdsl.cli import main
 from mupdsl.sweep import load_experiment, plan_trials, sweep_document
 from mupdsl.sweep.analysis import REL_TOL, phase, transfer, transfer_verdict, wider_verdict
+from mupdsl.sweep.keys import gate_keys
 from mupdsl.sweep.store import Store
 
 LRS = [2.0 ** k for k in range(-8, 1)]
@@ -181,8 +182,8 @@ def _prefill(out, exp, optimum):
     """Every planned trial of ``exp`` stored as finished with a synthetic loss (its η* per spec and width from
     ``optimum``) and both gates passed: a sweep over ``out`` then trains nothing."""
     store = Store(out)
-    for spec in exp.specs:
-        store.record_gate(spec, "PASS", "")
+    for spec, key in gate_keys(exp).items():
+        store.record_gate(key, spec, "PASS", "")
     for t in plan_trials(exp):
         loss = (math.log(t["lr"]) - math.log(optimum(t["spec"], t["width"]))) ** 2 + 0.1
         curves = {"loss": np.full(exp.steps, loss), "sharp_step": np.array([0.0, 5.0, 10.0]),

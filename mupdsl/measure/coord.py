@@ -74,11 +74,7 @@ def _batch(factory, data: str, batch_size: int):
 
         x, y, _, _ = mnist1d(num_samples=max(2 * batch_size, 1000))
         return (x[:batch_size],), y[:batch_size]
-    batch = factory.example_batch(batch_size)
-    if batch is None:
-        raise ValueError("the model file has no example_batch(batch_size); pass --data mnist1d or add one")
-    inputs, targets = batch
-    return (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)), targets
+    return factory.training_batch(batch_size)
 
 
 def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 128, 256, 512), steps: int = 4,

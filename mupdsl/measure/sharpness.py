@@ -13,7 +13,7 @@ uᵀAu/‖u‖² along the preconditioned gradient u = S g (seed 002 App. I), an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,32 +24,126 @@ from .hvp import Batch, HessianOperator, StackedHessianOperator
 from .lanczos import Eigen, lanczos, lanczos_batched
 
 
+PRECONDITIONERS = ("last", "next")
+"""Which Adam preconditioner a measurement uses: ``last`` — the optimizer's v̂ as it stands, the preconditioner of
+the last update (seed 002 App. J.1); ``next`` — the preconditioner of the update the measurement batch's gradient g
+would make, v ← β2 v + (1 − β2) g² at step t + 1 (Cohen et al. 2022's full-batch ordering: P_t and H_t at the same
+point)."""
+FLOOR_WARN = 0.25
+"""Warn when more than this share of the top eigenvector lies on coordinates at Adam's ε floor."""
+
+
+def adam_scale(ratio: torch.Tensor, v_hat: torch.Tensor, eps: torch.Tensor | float, beta1: float, step: int
+               ) -> torch.Tensor:
+    """S of the symmetric form of D P⁻¹ H (seed 002 App. J.1; Cohen et al. 2022, Eq. 2):
+
+    ``P = (1 − β1^t) (diag(√v̂) + ε)``, ``D = diag(lr_p / eta0)`` = ``ratio``, ``S = (D P⁻¹)^{1/2}``, so that
+    ``S H S`` has the eigenvalues of ``D P⁻¹ H``. With Adam's update θ ← θ − η m̂/(√v̂ + ε) = θ − η P⁻¹ m
+    (m the un-corrected first moment) its top eigenvalue is compared to 2 (1 + β1) / ((1 − β1) η0).
+    """
+    return (ratio / ((1 - beta1 ** step) * (v_hat.sqrt() + eps))).sqrt()
+
+
+def next_second_moment(v: torch.Tensor, gradient: torch.Tensor, beta2: float, step: int) -> torch.Tensor:
+    """v̂ of the next update: ``(β2 v + (1 − β2) g²) / (1 − β2^(t+1))`` with t the updates taken so far."""
+    return (beta2 * v + (1 - beta2) * gradient.square()) / (1 - beta2 ** (step + 1))
+
+
+def at_floor(v_hat: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+    """The coordinates whose preconditioner is at the ε floor: ``v̂ ≤ ε²`` (√v̂ no larger than ε, so that
+    S² ≥ lr / (2 ε eta0) there: a direction Adam's own gradients have (almost) never moved)."""
+    return v_hat <= torch.as_tensor(eps, dtype=v_hat.dtype, device=v_hat.device).square()
+
+
+def floor_share(vector: torch.Tensor, floor: torch.Tensor) -> float:
+    """``Σ_{i ∈ floor} y_i² / Σ_i y_i²``: the share of the (symmetric form's) eigenvector y on floor coordinates."""
+    total = vector.square().sum()
+    return float(vector[floor].square().sum() / total.clamp_min(1e-300))
+
+
+def floor_warning(share: float, threshold: float = FLOOR_WARN) -> str | None:
+    """The message a large floor share deserves, or None."""
+    if share <= threshold:
+        return None
+    return (f"{100 * share:.0f}% of the top eigenvector of D P⁻¹ H lies on coordinates at Adam's ε floor "
+            f"(v̂ ≤ ε², preconditioner lr/ε): the value measures directions the training gradients never moved "
+            f"(e.g. units dead on the training batches), not the trained landscape; measure on a larger batch, "
+            f"with preconditioner = \"next\", or read it as an upper bound")
+
+
+@dataclass
+class AdamMoments:
+    """Adam's per-coordinate state, flat in the order of the measured names: the raw second moment ``v``, ``ε``,
+    β1, β2 and the number of updates ``step`` taken (PyTorch's and the stacked optimizer's formulas)."""
+
+    v: torch.Tensor
+    eps: torch.Tensor | float
+    beta1: float
+    beta2: float
+    step: int
+
+    def v_hat(self, variant: str = "last", gradient: torch.Tensor | None = None) -> torch.Tensor:
+        if variant not in PRECONDITIONERS:
+            raise ValueError(f"unknown preconditioner {variant!r}: choose {' or '.join(PRECONDITIONERS)}")
+        if variant == "next":
+            if gradient is None:
+                raise ValueError("the next update's preconditioner needs the measurement batch's gradient")
+            return next_second_moment(self.v, gradient.to(self.v), self.beta2, self.step)
+        return self.v / (1 - self.beta2 ** self.step)
+
+    def scale(self, ratio: torch.Tensor, variant: str = "last", gradient: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, the floor mask) of D P⁻¹ with ``ratio`` = lr_p / eta0."""
+        v_hat = self.v_hat(variant, gradient)
+        step = self.step + (variant == "next")
+        return adam_scale(ratio.to(v_hat), v_hat, self.eps, self.beta1, step), at_floor(v_hat, self.eps)
+
+
+def adam_moments(model: nn.Module, names: list[str], optimizer: torch.optim.Optimizer) -> AdamMoments:
+    """The flat :class:`AdamMoments` of a ``torch.optim`` Adam/AdamW for the parameters ``names``."""
+    params = dict(model.named_parameters())
+    vs, epss, steps, betas = [], [], set(), set()
+    for name in names:
+        p = params[name]
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            raise ValueError(f"no Adam state for {name}: take at least one optimizer step before measuring")
+        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+        vs.append(state["exp_avg_sq"].reshape(-1))
+        epss.append(torch.full_like(vs[-1], group["eps"]))
+        steps.add(int(state["step"]))
+        betas.add(tuple(group["betas"]))
+    if len(steps) > 1 or len(betas) > 1:
+        raise ValueError("the parameters were updated a different number of times or with different betas")
+    (b1, b2), = betas
+    return AdamMoments(torch.cat(vs), torch.cat(epss), b1, b2, steps.pop())
+
+
 def preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
-                   optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd") -> torch.Tensor:
+                   optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd", variant: str = "last",
+                   gradient: torch.Tensor | None = None) -> torch.Tensor:
     """The diagonal S (flat, in the order of ``names``). Defined for SGD and Adam(W) only: SignSGD, Lion, Adafactor and
     Muon have no diagonal preconditioner of this form (a sign, a parameter scale, an orthogonalisation), and are
-    refused rather than measured as SGD."""
+    refused rather than measured as SGD. For Adam, ``variant`` is one of :data:`PRECONDITIONERS` (``gradient``:
+    the measurement batch's, for ``next``); :func:`adam_preconditioner` also returns the ε-floor mask."""
+    return adam_preconditioner(model, names, lrs, eta0, optimizer, kind, variant, gradient)[0]
+
+
+def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
+                        optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd", variant: str = "last",
+                        gradient: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(S, the ε-floor mask or None for SGD); see :func:`preconditioner`."""
     if kind not in ("sgd", "adam", "adamw"):
         raise ValueError(f"the preconditioned sharpness is defined for sgd, adam and adamw, not {kind}: measure "
                          "with kind='sgd' for the plain learning-rate-scaled Hessian")
     params = dict(model.named_parameters())
-    parts = []
-    for name in names:
-        p = params[name]
-        ratio = torch.full_like(p.detach(), lrs[name] / eta0)
-        if kind in ("adam", "adamw"):
-            if optimizer is None:
-                raise ValueError("the Adam preconditioner needs the optimizer (its second moments)")
-            state = optimizer.state.get(p, {})
-            if "exp_avg_sq" not in state:
-                raise ValueError(f"no Adam state for {name}: take at least one optimizer step before measuring")
-            group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
-            beta2, eps = group["betas"][1], group["eps"]
-            step = float(state["step"])
-            v_hat = state["exp_avg_sq"] / (1 - beta2 ** step)
-            ratio = ratio / (v_hat.sqrt() + eps)
-        parts.append(ratio.reshape(-1).sqrt())
-    return torch.cat(parts)
+    ratio = torch.cat([torch.full((params[n].numel(),), lrs[n] / eta0, dtype=params[n].dtype,
+                                  device=params[n].device) for n in names])
+    if kind == "sgd":
+        return ratio.sqrt(), None
+    if optimizer is None:
+        raise ValueError("the Adam preconditioner needs the optimizer (its second moments)")
+    return adam_moments(model, names, optimizer).scale(ratio, variant, gradient)
 
 
 def eos_threshold(kind: str, eta0: float, beta1: float = 0.9) -> float:
@@ -72,11 +166,15 @@ class SharpnessResult:
     directional: float | None = None
     gauss_newton: float | None = None
     residual_part: float | None = None
+    floor_share: float | None = None
+    """Adam: the share of the top eigenvector on coordinates at the ε floor (:func:`floor_share`)."""
+    warning: str | None = None
     vectors: list[torch.Tensor] = field(default_factory=list, repr=False)
+    scale: torch.Tensor | None = field(default=None, repr=False)
+    """The S the operator was measured with (None: the plain Hessian)."""
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc.pop("vectors")
+        doc = {k: v for k, v in vars(self).items() if k not in ("vectors", "scale")}
         return doc
 
 
@@ -108,14 +206,27 @@ class PreconditionedOperator:
 def measure(model: nn.Module, batch: Batch, *, loss: str = "ce", names: list[str] | None = None,
             scale: torch.Tensor | None = None, eos: float | None = None, top_k: int = 1, tol: float = 1e-3,
             start: list[torch.Tensor] | None = None, trace_samples: int = 0, directional: bool = False,
-            split: bool = False, mode: str = "eval", micro_batch: int | None = None, seed: int = 0
-            ) -> SharpnessResult:
-    """Sharpness of S H S and the optional extras; leaves the model exactly as it found it."""
+            split: bool = False, mode: str = "eval", micro_batch: int | None = None, seed: int = 0,
+            adam: AdamMoments | None = None, ratio: torch.Tensor | None = None, preconditioner: str = "last",
+            floor: torch.Tensor | None = None, floor_warn: float = FLOOR_WARN) -> SharpnessResult:
+    """Sharpness of S H S and the optional extras; leaves the model exactly as it found it.
+
+    Adam: pass ``adam`` (the optimizer's :class:`AdamMoments`) and ``ratio`` (lr_p / eta0) instead of ``scale``:
+    S is then built here with the ``preconditioner`` variant (``next`` uses this batch's gradient), and the result
+    carries the ε-floor share of its top eigenvector (and a warning above ``floor_warn``). A precomputed ``scale``
+    may come with its ``floor`` mask instead."""
     hessian = HessianOperator(model, batch, loss, names, mode, micro_batch)
+    if adam is not None:
+        gradient = hessian.gradient() if preconditioner == "next" else None
+        scale, floor = adam.scale(ratio, preconditioner, gradient)
     op = PreconditionedOperator(hessian, scale)
     common = dict(device=hessian.device, dtype=hessian.dtype)
     eig: Eigen = lanczos(op, op.dim, top_k, tol=tol, start=start, seed=seed, **common)
-    result = SharpnessResult(eig.top, eig.values, eos, eig.hvps, eig.residuals, eig.converged, vectors=eig.vectors)
+    result = SharpnessResult(eig.top, eig.values, eos, eig.hvps, eig.residuals, eig.converged, vectors=eig.vectors,
+                             scale=scale)
+    if floor is not None:
+        result.floor_share = floor_share(eig.vectors[0], floor.to(hessian.device))
+        result.warning = floor_warning(result.floor_share, floor_warn)
     if trace_samples:
         t = hutchinson(op, op.dim, trace_samples, seed=seed, **common)
         result.trace, result.trace_stderr = t.value, t.stderr
@@ -148,12 +259,19 @@ class SharpnessTracker:
 def measure_stacked(model: nn.Module, params: dict[str, torch.Tensor], batch: Batch, *, loss: str = "ce",
                     scale: torch.Tensor | None = None, top_k: int = 1, tol: float = 1e-3,
                     starts: list[list[torch.Tensor] | None] | None = None, trace_samples: int = 0,
-                    directional: bool = False, mode: str = "eval", micro_batch: int | None = None, seed: int = 0
-                    ) -> list[SharpnessResult]:
+                    directional: bool = False, mode: str = "eval", micro_batch: int | None = None, seed: int = 0,
+                    adam: AdamMoments | None = None, ratio: torch.Tensor | None = None, preconditioner: str = "last",
+                    floor_warn: float = FLOOR_WARN) -> list[SharpnessResult]:
     """:func:`measure` for G models of one architecture at once: ``params`` stacked along a leading member axis,
-    ``scale`` the (G, P) rows of each member's S. Each Lanczos step is one vmapped HVP over the members still
-    running; every member gets the answer it would get alone (same start, same stopping rule)."""
+    ``scale`` the (G, P) rows of each member's S — or, for Adam, ``adam`` with (G, P) moments and ``ratio`` the
+    (G, P) rows of lr_p / eta0 (S and the ε-floor share as in :func:`measure`). Each Lanczos step is one vmapped
+    HVP over the members still running; every member gets the answer it would get alone (same start, same
+    stopping rule)."""
     hessian = StackedHessianOperator(model, params, batch, loss, mode, micro_batch)
+    floor = None
+    if adam is not None:
+        gradient = hessian.gradient() if preconditioner == "next" else None
+        scale, floor = adam.scale(ratio, preconditioner, gradient)
     S = None if scale is None else scale.to(hessian.device, hessian.dtype)
 
     def op(V: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
@@ -163,8 +281,12 @@ def measure_stacked(model: nn.Module, params: dict[str, torch.Tensor], batch: Ba
 
     common = dict(device=hessian.device, dtype=hessian.dtype)
     eigens = lanczos_batched(op, hessian.count, hessian.dim, top_k, tol=tol, starts=starts, seed=seed, **common)
-    results = [SharpnessResult(e.top, e.values, None, e.hvps, e.residuals, e.converged, vectors=e.vectors)
-               for e in eigens]
+    results = [SharpnessResult(e.top, e.values, None, e.hvps, e.residuals, e.converged, vectors=e.vectors,
+                               scale=None if S is None else S[i]) for i, e in enumerate(eigens)]
+    if floor is not None:
+        for r, mask in zip(results, floor):
+            r.floor_share = floor_share(r.vectors[0], mask)
+            r.warning = floor_warning(r.floor_share, floor_warn)
     if trace_samples:
         for r, t in zip(results, hutchinson_batched(op, hessian.count, hessian.dim, trace_samples, seed=seed,
                                                     **common)):
@@ -188,11 +310,17 @@ class StackedSharpnessTracker:
         self.previous: dict[int, list[torch.Tensor]] = {}
 
     def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch, members: list[int],
-                 scale: torch.Tensor | None = None) -> dict[int, SharpnessResult]:
+                 scale: torch.Tensor | None = None, adam: AdamMoments | None = None,
+                 ratio: torch.Tensor | None = None) -> dict[int, SharpnessResult]:
         index = torch.tensor(members, device=next(iter(params.values())).device)
         subset = {n: p[index] for n, p in params.items()}
+        extra: dict[str, Any] = {}
+        if adam is not None:
+            eps = adam.eps[index] if isinstance(adam.eps, torch.Tensor) else adam.eps
+            extra = dict(adam=AdamMoments(adam.v[index], eps, adam.beta1, adam.beta2, adam.step),
+                         ratio=ratio[index])
         results = measure_stacked(model, subset, batch, scale=None if scale is None else scale[index],
-                                  starts=[self.previous.get(k) for k in members], **self.kwargs)
+                                  starts=[self.previous.get(k) for k in members], **extra, **self.kwargs)
         for k, r in zip(members, results):
             self.previous[k] = r.vectors
         return dict(zip(members, results))
@@ -209,6 +337,13 @@ def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | 
         raise ValueError("the spec has no positive eta0 to normalise the learning rates by")
     names = [t.name for t in plan.tensors]
     lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}   # as carried: H is of the stored weights
+    if kind in ("adam", "adamw"):
+        if optimizer is None:
+            raise ValueError("the Adam preconditioner needs the optimizer (its second moments)")
+        moments = adam_moments(compiled.model, names, optimizer)
+        ratio = adam_preconditioner(compiled.model, names, lrs, eta0)[0].square()
+        return measure(compiled.model, batch, names=names, adam=moments, ratio=ratio,
+                       eos=eos_threshold(kind, eta0, moments.beta1), **kwargs)
+    kwargs.pop("preconditioner", None)
     scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
-    beta1 = optimizer.param_groups[0].get("betas", (0.9, 0.999))[0] if optimizer is not None else 0.9
-    return measure(compiled.model, batch, names=names, scale=scale, eos=eos_threshold(kind, eta0, beta1), **kwargs)
+    return measure(compiled.model, batch, names=names, scale=scale, eos=eos_threshold(kind, eta0), **kwargs)

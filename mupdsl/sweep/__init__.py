@@ -3,7 +3,8 @@
 from .experiment import Experiment, ExperimentError, load_experiment
 from .report import write_report
 from .results import failed_claims, sweep_document
-from .run import GateFailed, plan_trials, run
+from .keys import plan_trials
+from .run import GateFailed, run
 
 __all__ = ["Experiment", "ExperimentError", "GateFailed", "load_experiment", "failed_claims", "plan_trials", "run",
            "sweep_document", "write_report"]

@@ -25,6 +25,21 @@ from .experiment import Experiment
 from .store import Store
 
 
+class EngineRefused(ValueError):
+    """An engine asked to do what it does not do; the message says why."""
+
+
+def engine_problem(exp: Experiment, engine: str) -> str | None:
+    """Why ``engine`` cannot run ``exp`` as asked, or None."""
+    if engine not in ("local", "slurm", "ray"):
+        return f"unknown engine '{engine}': use local, slurm or ray"
+    if engine != "local" and exp.adaptive:
+        return (f"an adaptive learning-rate grid (lrs = {{start = …}}) runs on the local engine only: each rate "
+                f"it tries depends on the trials before it, which --engine {engine} does not wait for. Give an "
+                "explicit grid (lrs = [...] or {min, max, num}) to run on Slurm or Ray, or drop --engine")
+    return None
+
+
 def _shard_task(exp_json: str, groups: list[list[dict[str, Any]]], shard_dir: str) -> int:
     """One array task: run its groups into its own store; returns the number of trials it recorded."""
     from .run import _data, _device, pinned_threads  # noqa: PLC0415
@@ -62,10 +77,7 @@ def merge_shard(store: Store, shard_dir: Path) -> int:
     merged = 0
     for trial in shard.trials():
         curves = shard.curves(trial["id"]) if (shard_dir / "curves" / f"{trial['id']}.npz").exists() else {}
-        config = dict(shard.db.execute("SELECT id, config FROM trials WHERE id = ?", (trial["id"],)).fetchall())
-        import json  # noqa: PLC0415
-
-        store.record(json.loads(config[trial["id"]]), trial["status"], {k: np.asarray(v) for k, v in curves.items()},
+        store.record(shard.config(trial["id"]), trial["status"], {k: np.asarray(v) for k, v in curves.items()},
                      final_loss=trial["final_loss"], final_eval=trial["final_eval"], error=trial["error"],
                      seconds=trial["seconds"])
         merged += 1

@@ -40,9 +40,21 @@ MAX_INT = 2**31 - 1
 """Sizes, counts and steps are at most 2^31 - 1."""
 SEED_LIMIT = 2**63
 """Seeds are in [0, 2^63): they are stored as SQLite integers."""
+MAX_THREADS = 1024
+"""Intra-op threads of a worker: at most 1,024."""
+MAX_INPUT_DIM = 2**20
+"""The synthetic tasks' input dimension: at most 2^20."""
+MAX_TOP_K = 10_000
+"""Eigenvalues per sharpness measurement, as the command line allows."""
+MAX_TRACE_SAMPLES = 1_000_000
+"""Hutchinson samples per measurement, as the command line allows."""
+LR_RANGE = (1e-300, 1e300)
+"""A learning rate lies where the spec language's numbers do (docs/language.md, "Limits")."""
 MAX_NAME_BYTES = 200
 """The experiment's name (a folder name, out/NAME[_small]) and each spec name (in figure file names such as
 consistency_NAME.png) are at most 200 bytes: file names are at most 255."""
+SHARPNESS_OPTIMIZERS = ("sgd", "adam", "adamw")
+"""The optimizers whose learning-rate-preconditioned Hessian a sweep can measure (mupdsl.measure.sharpness)."""
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,4})?")
 """Device names: auto, cpu, mps, cuda or cuda:N."""
 
@@ -59,7 +71,7 @@ class ExperimentError(Exception):
 
 
 class LogGrid(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     min: float = Field(gt=0)
     max: float = Field(gt=0)
     num: int = Field(ge=2, le=MAX_GRID)
@@ -79,7 +91,7 @@ class AdaptiveGrid(BaseModel):
     """Seed 003's search: from a large η downward by ``factor`` until the first trial that converges, then
     ``below`` more steps under it (so each size gets its own window around its largest stable rate)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     start: float = Field(gt=0)
     factor: float = Field(2.0, gt=1)
     below: int = Field(4, ge=1, le=MAX_GRID)
@@ -106,7 +118,7 @@ class AdaptiveGrid(BaseModel):
 
 
 class Measure(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     sharpness_every: int = Field(0, ge=0)
     top_k: int = Field(1, ge=1)
     eval_every: int = Field(10, ge=1)
@@ -118,12 +130,25 @@ class Measure(BaseModel):
     """Directional sharpness uᵀAu/‖u‖² along the preconditioned gradient u = S g (seed 002 App. I)."""
     ntk: bool = False
     """Top eigenvalue of the empirical NTK J S² Jᵀ / n on the measurement batch (small models: dense Jacobian)."""
+    batch: Literal["fixed", "train", "full"] = "fixed"
+    """The measurement batch: ``fixed`` — ``batch_size`` training examples drawn once (seeded) and kept throughout
+    training (seed 002 App. J.1); ``train`` — ``batch_size`` examples drawn afresh at each measurement the way the
+    training batches are drawn (uniformly, with replacement; its own generator, so training is unchanged);
+    ``full`` — the whole training set, in micro-batches of ``batch_size`` (Cohen et al. 2022's full-batch setting)."""
+    preconditioner: Literal["last", "next"] = "last"
+    """Adam(W): ``last`` — D P⁻¹ with the optimizer's v̂ as it stands (the preconditioner of the last update,
+    seed 002 App. J.1); ``next`` — the preconditioner of the update the measurement batch's gradient g would make,
+    v ← β2 v + (1 − β2) g² (Cohen et al. 2022's ordering: P and H at the same point). ``next`` keeps directions
+    that the training batches never moved (v̂ ≤ ε²) off Adam's lr/ε floor."""
+    floor_warn: float = Field(0.25, ge=0, le=1)
+    """Adam(W): warn when more than this share of the top eigenvector lies on coordinates at the ε floor."""
 
     @field_validator("sharpness_every", "top_k", "eval_every", "batch_size", "trace_samples")
     @classmethod
     def _bounded(cls, value: int, info) -> int:
-        if value > MAX_INT:
-            raise ValueError(f"{info.field_name} is at most {MAX_INT}")
+        limit = {"top_k": MAX_TOP_K, "trace_samples": MAX_TRACE_SAMPLES}.get(info.field_name, MAX_INT)
+        if value > limit:
+            raise ValueError(f"{info.field_name} is at most {limit:,}")
         return value
 
 
@@ -164,7 +189,7 @@ def _file_name_part(text: str, what: str) -> str:
 
 
 class Experiment(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     name: str
     specs: list[str] = Field(min_length=1)
@@ -189,7 +214,9 @@ class Experiment(BaseModel):
     depths: list[int] = []
     """Depths to sweep (transfer across depth, seed 002 Fig. 4); the base depth defaults to the smallest."""
     base_depth: int | None = None
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "muon"] = "sgd"
+    """SignSGD and Lion train in vmapped groups; Adafactor and Muon one trial at a time (docs/optimizers.md). The
+    preconditioned sharpness is defined for sgd, adam and adamw only, so the others need sharpness_every = 0."""
     lrs: Lrs
     seeds: list[int] = [0]
     gammas: list[float] = []
@@ -231,8 +258,9 @@ class Experiment(BaseModel):
                      "threads", "num_samples")
     @classmethod
     def _bounded_int(cls, value: int | None, info) -> int | None:
-        if value is not None and value > MAX_INT:
-            raise ValueError(f"{info.field_name} is at most {MAX_INT}")
+        limit = {"threads": MAX_THREADS, "input_dim": MAX_INPUT_DIM}.get(info.field_name, MAX_INT)
+        if value is not None and value > limit:
+            raise ValueError(f"{info.field_name} is at most {limit:,}")
         if value is not None and value < 1 and info.field_name in ("base_width", "depth", "base_depth"):
             raise ValueError(f"{info.field_name} must be at least 1")
         return value
@@ -249,6 +277,13 @@ class Experiment(BaseModel):
             if bad:
                 raise ValueError(f"learning rates must be positive, not {bad[0]:g}")
             _unique(lrs, "learning rate")
+        values = lrs if isinstance(lrs, list) else lrs.values()
+        out = [lr for lr in values if not LR_RANGE[0] <= lr <= LR_RANGE[1]]
+        if out:
+            raise ValueError(f"learning rate {out[0]:g} is out of range: between {LR_RANGE[0]:g} and "
+                             f"{LR_RANGE[1]:g}")
+        if not isinstance(lrs, list):
+            _unique([float(f"{v:.12g}") for v in values], "learning rate (of the grid, to 12 digits)")
         return lrs
 
     @field_validator("seeds")
@@ -302,6 +337,15 @@ class Experiment(BaseModel):
         _unique(specs, "spec")
         return specs
 
+    @field_validator("measure")
+    @classmethod
+    def _measurable(cls, measure: Measure, info) -> Measure:
+        optimizer = info.data.get("optimizer", "sgd")
+        if optimizer not in SHARPNESS_OPTIMIZERS and (measure.sharpness_every or measure.ntk):
+            raise ValueError(f"optimizer {optimizer} has no preconditioned sharpness (defined for "
+                             f"{', '.join(SHARPNESS_OPTIMIZERS)}): set sharpness_every = 0 and ntk = false")
+        return measure
+
     @field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
@@ -315,6 +359,14 @@ class Experiment(BaseModel):
         if unknown:
             raise ValueError(f"ungated names specs that are not in specs: {', '.join(sorted(unknown))}")
         return self
+
+    @field_validator("measure")
+    @classmethod
+    def _measure_fits_optimizer(cls, m: Measure, info) -> Measure:
+        if info.data.get("optimizer") == "sgd" and m.preconditioner != "last":
+            raise ValueError(f"preconditioner = \"{m.preconditioner}\" chooses Adam's v̂, but optimizer is sgd "
+                             "(remove the key)")
+        return m
 
     def depth_values(self) -> list[int | None]:
         return sorted(self.depths) if self.depths else [self.depth]
@@ -348,7 +400,8 @@ def small(exp: Experiment) -> Experiment:
 
 def _line_of(text: str, key: str) -> int:
     leaf = key.split(".")[-1]
-    match = re.search(rf"^\s*{re.escape(leaf)}\s*=", text, re.MULTILINE)
+    match = re.search(rf"^\s*{re.escape(leaf)}\s*=", text, re.MULTILINE) or \
+        re.search(rf"^\s*\[{re.escape(leaf)}\]", text, re.MULTILINE)
     if match is None and "." in key:
         first = re.escape(key.split(".")[0])
         match = re.search(rf"^\s*\[{first}\]", text, re.MULTILINE) or re.search(rf"^\s*{first}\s*=", text,

@@ -21,13 +21,12 @@ from torch.func import functional_call, vmap
 
 from ..compile import compile_model
 from ..compile.stacked import FlatStack, StackedOptimizer
-from ..measure.hvp import Batch
 from ..measure.losses import task_loss
 from ..measure.ntk import ntk_eigenvalues
-from ..measure.sharpness import StackedSharpnessTracker, eos_threshold, measure
+from ..measure.sharpness import AdamMoments, StackedSharpnessTracker, eos_threshold, measure
 from ..spec import apply_overrides, load_spec
 from .experiment import Experiment
-from .run import DIVERGED_FACTOR, measure_options, on_device, record_measurement
+from .run import DIVERGED_FACTOR, MEASURE_SEED, measure_options, measurement_batch, on_device, record_measurement
 
 
 def groupable(compiled) -> bool:
@@ -73,7 +72,8 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
     batched = vmap(forward)
     gens = [torch.Generator().manual_seed(t["seed"]) for t in trials]
     m_cfg = exp.measure
-    measure_batch = Batch((x_train[: m_cfg.batch_size],), y_train[: m_cfg.batch_size])
+    measure_rng = torch.Generator().manual_seed(MEASURE_SEED)   # the batches each member would be measured on alone
+    fixed = measurement_batch(m_cfg, x_train, y_train, measure_rng) if m_cfg.batch == "fixed" else None
     tracker = StackedSharpnessTracker(**measure_options(m_cfg, exp.loss))
     curves = [{k: [] for k in ("eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")} for _ in range(G)]
     # losses stay on the device; divergence is decided there too, so a step needs no host round trip
@@ -86,10 +86,11 @@ def run_group(exp: Experiment, trials: list[dict[str, Any]], data, device: torch
         factor = min(1.0, (step + 1) / exp.warmup) if exp.warmup else 1.0
         if m_cfg.sharpness_every and step % m_cfg.sharpness_every == 0 and (not adam or step > 0):
             ratio = optimizer.lr / eta0
-            if adam:
-                ratio = ratio / (optimizer.second_moment().sqrt() + optimizer.eps)
-            _measure(template, members, stack.views(flat), names, alive.tolist(), tracker, ratio.sqrt(),
-                     measure_batch, curves, step, m_cfg.ntk)
+            moments = AdamMoments(optimizer.exp_avg_sq, optimizer.eps, optimizer.beta1, optimizer.beta2,
+                                  optimizer.steps) if adam else None
+            batch = measurement_batch(m_cfg, x_train, y_train, measure_rng, fixed)
+            _measure(template, members, stack.views(flat), names, alive.tolist(), tracker, ratio, moments,
+                     batch, curves, step, m_cfg.ntk)
         if exp.full_batch:
             idx = torch.arange(len(y_train)).expand(G, -1)
         else:
@@ -138,27 +139,35 @@ def _member_losses(out: torch.Tensor, targets: torch.Tensor, kind: str = "ce") -
     return torch.stack([task_loss(out[k], targets[k], kind) for k in range(out.shape[0])])
 
 
-def _measure(template, members, params, names, alive, tracker: StackedSharpnessTracker, scale, batch, curves, step,
-             ntk: bool) -> None:
-    """Sharpness of every live member: batched; member by member (on its own compiled model) where vmap cannot
-    apply, e.g. an op without a batching rule for forward-over-reverse."""
+def _measure(template, members, params, names, alive, tracker: StackedSharpnessTracker, ratio,
+             moments: AdamMoments | None, batch, curves, step, ntk: bool) -> None:
+    """Sharpness of every live member (S² = ``ratio`` = lr_p / eta0 for SGD; D P⁻¹ from ``moments`` for Adam):
+    batched; member by member (on its own compiled model) where vmap cannot apply, e.g. an op without a batching
+    rule for forward-over-reverse."""
     live = [k for k, on in enumerate(alive) if on]
+    sgd = dict(scale=ratio.sqrt()) if moments is None else dict(adam=moments, ratio=ratio)
     try:
-        results = tracker(template, params, batch, live, scale)
+        results = tracker(template, params, batch, live, **sgd)
     except (RuntimeError, NotImplementedError):
         results = {}
         for k in live:
             _load(members[k], params, names, k)
-            r = measure(members[k].model, batch, names=names, scale=scale[k], start=tracker.previous.get(k),
-                        **tracker.kwargs)
+            one = dict(scale=ratio[k].sqrt()) if moments is None else dict(adam=_member(moments, k), ratio=ratio[k])
+            r = measure(members[k].model, batch, names=names, start=tracker.previous.get(k), **one, **tracker.kwargs)
             tracker.previous[k] = r.vectors
             results[k] = r
     for k, r in results.items():
         value = None
         if ntk:
             _load(members[k], params, names, k)
-            value = ntk_eigenvalues(members[k].model, batch, names, scale[k])[0]
+            value = ntk_eigenvalues(members[k].model, batch, names, r.scale)[0]
         record_measurement(curves[k], step, r, value)
+
+
+def _member(moments: AdamMoments, k: int) -> AdamMoments:
+    """Member k's row of a group's Adam moments."""
+    eps = moments.eps[k] if isinstance(moments.eps, torch.Tensor) else moments.eps
+    return AdamMoments(moments.v[k], eps, moments.beta1, moments.beta2, moments.step)
 
 
 def _load(member, params, names, k) -> None:

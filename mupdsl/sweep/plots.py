@@ -3,7 +3,9 @@ loss vs step, final loss vs learning rate per width (log₂ axis, η* marked).""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +13,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def figure_slug(spec: str) -> str:
+    """A file-name part for a spec: a preset's name as it is (``mup``); a spec given by path, its file's stem made
+    safe (letters, digits, ``._-``) plus a short hash of the whole path, so two ``mup.param`` in different folders
+    get different figures."""
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", spec) and not spec.endswith(".param"):
+        return spec
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).stem).strip("._") or "spec"
+    return f"{stem[:48]}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
 def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Path, size: str = "width") -> Path:

@@ -1,27 +1,43 @@
 """``mupdsl report DIR``: a markdown report of a sweep — gates, η* per size, the transfer and "wider is better"
-verdicts with their reasons (:mod:`.analysis`), sizes without η* and why, figures."""
+verdicts with their reasons (:mod:`.analysis`), sizes without η* and why, figures. Only the trials of the
+experiment as it is now are analysed; the stale ones are counted, and trials whose curve file is missing or
+garbled are listed (a resumed sweep trains them again). Figures are named by a file-safe slug of the spec."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from .analysis import MIN_SIZES, consistency, phase, transfer
-from .plots import consistency_figure, phase_figure, triptych
-from .results import outcome_note
+from .plots import consistency_figure, figure_slug, phase_figure, triptych
+from .results import current_trials, outcome_note, stale_note
 from .store import Store
+from .workdir import read_record
 
 
 def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     out = Path(out_dir)
     if not (out / "index.sqlite").exists():
         raise FileNotFoundError(f"{out} holds no sweep (no index.sqlite)")
+    record = read_record(out)
+    exp = record or {}
     store = Store(out)
-    trials = store.trials()
-    exp = json.loads((out / "experiment.json").read_text()) if (out / "experiment.json").exists() else {}
+    try:
+        path, analysis = _write(out, store, record, exp)
+    finally:
+        store.close()
+    return path, analysis
+
+
+def _write(out: Path, store: Store, record, exp: dict) -> tuple[Path, dict]:
+    trials, stale, keys = current_trials(store, record)
+    unreadable = store.broken_curves(trials)
+
+    def curves_of(trial_id: str) -> dict:
+        return {} if trial_id in unreadable else store.curves(trial_id)
+
     size = "depth" if len(exp.get("depths", [])) > 1 and len(exp.get("widths", [])) == 1 else "width"
     analysis = transfer(trials, size)
     lines = [f"# Sweep report: {exp.get('name', out.name)}", ""]
@@ -29,24 +45,29 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
         lines += [f"Model `{exp['model']}`, dataset `{exp['dataset']}`, optimizer `{exp['optimizer']}`, widths "
                   f"{exp['widths']}, {exp['steps']} steps, batch {exp['batch_size']}.", ""]
     lines += ["## Coordinate checks", "", "| spec | verdict | detail |", "|---|---|---|"]
-    for spec, (verdict, detail) in sorted(store.gates().items()):
+    for spec, (verdict, detail) in sorted(store.gates(keys).items()):
         lines.append(f"| {spec} | {verdict} | {detail or ''} |")
     counts = {s: sum(t["status"] == s for t in trials) for s in ("done", "diverged", "crashed")}
     lines += ["", f"## Trials: {len(trials)} ({counts['done']} done, {counts['diverged']} diverged, "
               f"{counts['crashed']} crashed)", ""]
+    if stale:
+        lines += [f"{stale_note(stale)}.", ""]
+    if unreadable:
+        lines += [f"**{len(unreadable)} trial(s) without their curves** (their losses are in the index; re-run the "
+                  "sweep to train them again):", ""] + [f"- {i}: {problem}" for i, problem in unreadable.items()] + [""]
     note = outcome_note(trials)
     if note:
         lines += [f"**No result: {note}.** No learning rate of the grid converged at any {size}: lower the grid "
                   "or check the model.", ""]
     lines += transfer_section(analysis, size)
     for spec, a in sorted(analysis.items()):
-        figure = triptych(spec, [t for t in trials if t["spec"] == spec], store.curves, a, out / f"fig_{spec}.png",
-                          size)
+        figure = triptych(spec, [t for t in trials if t["spec"] == spec], curves_of, a,
+                          _output(store, out, f"fig_{figure_slug(spec)}.png"), size)
         lines += [f"### {spec}", "", f"![{spec}]({figure.name})", ""]
-    lines += _consistency_section(trials, analysis, store, out, size)
+    lines += _consistency_section(trials, analysis, store, out, size, curves_of)
     portraits = phase(trials)
     for spec, p in portraits.items():
-        figure = phase_figure(spec, p, out / f"phase_{spec}.png")
+        figure = phase_figure(spec, p, _output(store, out, f"phase_{figure_slug(spec)}.png"))
         slopes = ", ".join(f"{label} {'—' if p[key] is None else format(p[key], '.2f')}" for key, label in
                            (("slope", "all γ"), ("slope_small", "γ ≤ 1"), ("slope_large", "γ ≥ 1")))
         lines += [f"## γ–η phase portrait: {spec}", "", f"Slope of log η* against log γ: {slopes} (a γ sweep: "
@@ -55,10 +76,15 @@ def write_report(out_dir: str | Path) -> tuple[Path, dict]:
     if crashed:
         lines += ["## Crashed trials", ""] + [f"- {t['id']} ({t['spec']}, width {t['width']}, lr {t['lr']:.3g}): "
                                               f"`{(t['error'] or '').splitlines()[0]}`" for t in crashed]
-    path = out / "report.md"
+    path = _output(store, out, "report.md")
     path.write_text("\n".join(lines) + "\n")
-    store.close()
     return path, analysis
+
+
+def _output(store: Store, out: Path, name: str) -> Path:
+    """``out/name``, recorded in the store before it is written (``--fresh`` deletes what is recorded)."""
+    store.record_output(name)
+    return out / name
 
 
 def transfer_section(analysis: dict[str, dict], size: str = "width") -> list[str]:
@@ -80,7 +106,7 @@ def transfer_section(analysis: dict[str, dict], size: str = "width") -> list[str
     return lines + [""]
 
 
-def _consistency_section(trials, analysis, store, out: Path, size: str = "width") -> list[str]:
+def _consistency_section(trials, analysis, store, out: Path, size: str = "width", curves_of=None) -> list[str]:
     """Seed 002 Fig. 3: the sharpness curves' distance to the widest one at the base width's η*, with fits."""
     lines = []
     for spec, a in sorted(analysis.items()):
@@ -95,13 +121,13 @@ def _consistency_section(trials, analysis, store, out: Path, size: str = "width"
         for w in widths:
             pick = [t for t in rows if t[size] == w and t["lr"] == lr]
             if pick:
-                c = store.curves(pick[0]["id"])
+                c = (curves_of or store.curves)(pick[0]["id"])
                 if len(c.get("sharpness", [])) >= 2:
                     curves[w] = (np.asarray(c["sharp_step"]), np.asarray(c["sharpness"]))
         fits = consistency(curves)
         if not fits:
             continue
-        figure = consistency_figure(spec, fits, out / f"consistency_{spec}.png")
+        figure = consistency_figure(spec, fits, _output(store, out, f"consistency_{figure_slug(spec)}.png"))
         table = ", ".join(f"{w}: β = {f['beta']:.2f}" if f["beta"] is not None else f"{w}: —"
                           for w, f in sorted(fits.items()))
         lines += [f"## Consistency of the sharpness across {size}s: {spec} (lr {lr:.3g})", "",

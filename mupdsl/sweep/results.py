@@ -2,20 +2,27 @@
 size η* with the verdicts and their reasons, and per trial its final loss and measured curves with their steps —
 what a script needs to compare a run against references without reading the store.
 
+Only the trials of the experiment as it is now are shown (:func:`current_trials`): ``stale`` counts the others
+the store holds (run before a spec, the model or a setting changed), ``unreadable`` names the trials whose curve
+file is missing or garbled (a resumed sweep trains them again).
+
 Non-finite numbers (a diverged trial's loss, a size without η*) are ``null``: the document is strict JSON.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..spec import SpecError
 from .analysis import phase, transfer
+from .experiment import Experiment
+from .keys import gate_keys, inputs_found, plan_trials
 from .store import Store
+from .workdir import read_record
 
 MEASURED = ("sharpness", "hvps", "trace", "trace_stderr", "directional", "ntk")
 """Curves measured at the steps of ``sharp_step``."""
@@ -84,19 +91,50 @@ def outcome_note(trials: list[dict[str, Any]]) -> str | None:
     return f"no trial converged ({diverged} diverged, {len(trials) - diverged} crashed)"
 
 
+def current_trials(store: Store, record: dict[str, Any] | None) -> tuple[list[dict[str, Any]], int, set[str] | None]:
+    """(the trials of the experiment as it is now, how many other trials the store holds, the gate keys of the
+    experiment). "Now" is the recorded experiment with its spec and model files as they are, where they can be
+    read from here; else the experiment as last run (its ids kept in the store); else every trial (a store
+    written without an experiment). Gate keys are None when unknown."""
+    trials = store.trials()
+    ids = gates = None
+    if record is not None:
+        try:
+            exp = Experiment.model_validate(record)
+            if inputs_found(exp):
+                ids, gates = {t["id"] for t in plan_trials(exp)}, set(gate_keys(exp).values())
+        except (ValueError, OSError, SpecError):
+            pass   # an experiment that no longer loads from here: fall back on the one last run
+    if ids is None:
+        ids, gates = store.current() or (None, None)
+    if ids is None:
+        return trials, 0, None
+    kept = [t for t in trials if t["id"] in ids]
+    return kept, len(trials) - len(kept), gates
+
+
+def stale_note(stale: int) -> str | None:
+    if not stale:
+        return None
+    return (f"{stale} stale trial{'s' if stale != 1 else ''} left aside: run before a spec, the model or a setting of "
+            "the experiment changed (`mupdsl sweep --fresh` deletes them)")
+
+
 def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The results in ``out_dir`` as one JSON-ready document: counts, ``note`` (when no trial converged), and
     per spec whether it claims transfer (not listed under ``ungated``), its coordinate-check gate, η* per size,
     the verdicts with their reasons (a γ sweep: the phase portrait's slopes instead) and its trials."""
     out = Path(out_dir)
-    exp = json.loads((out / "experiment.json").read_text()) if (out / "experiment.json").exists() else {}
+    record = read_record(out)
+    exp = record or {}
     size = "depth" if len(exp.get("depths", [])) > 1 and len(exp.get("widths", [])) == 1 else "width"
     store = Store(out)
     try:
-        trials = store.trials()
+        trials, stale, keys = current_trials(store, record)
+        unreadable = store.broken_curves(trials)
         analysis = transfer(trials, size) if analysis is None else analysis
         portraits = phase(trials)
-        gates = store.gates()
+        gates = store.gates(keys)
         specs: dict[str, Any] = {}
         for spec in sorted({t["spec"] for t in trials} | set(exp.get("specs", []))):
             rows = sorted((t for t in trials if t["spec"] == spec),
@@ -109,13 +147,14 @@ def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | No
                 p = portraits[spec]
                 entry["phase"] = plain({k: p[k] for k in ("gammas", "lrs", "eta_star", "slope", "slope_small",
                                                           "slope_large")} | {"loss": p["loss"]})
-            entry["trials"] = [trial_entry(t, _curves(store, t["id"])) for t in rows]
+            entry["trials"] = [trial_entry(t, {} if t["id"] in unreadable else _curves(store, t["id"]))
+                               for t in rows]
             specs[spec] = entry
     finally:
         store.close()
     counts = {s: sum(t["status"] == s for t in trials) for s in ("done", "diverged", "crashed")}
     return {"name": exp.get("name", out.name), "size": size, "trials": len(trials), **counts,
-            "note": outcome_note(trials), "specs": specs}
+            "stale": stale, "unreadable": unreadable, "note": outcome_note(trials), "specs": specs}
 
 
 def failed_claims(doc: dict[str, Any]) -> list[str]:
@@ -141,6 +180,11 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             slopes = ", ".join(f"{label} {'—' if p[k] is None else format(p[k], '.2f')}" for k, label in
                                (("slope", "all γ"), ("slope_small", "γ ≤ 1"), ("slope_large", "γ ≥ 1")))
             lines.append(f"{spec}: slope of log η* against log γ: {slopes} (a γ sweep: no transfer verdict)")
+    if doc.get("stale"):
+        lines.append(stale_note(doc["stale"]))
+    if doc.get("unreadable"):
+        lines.append(f"{len(doc['unreadable'])} trial(s) have a missing or unreadable curve file (see the report); "
+                     "re-run the sweep to train them again")
     if doc.get("report"):
         lines.append(f"report: {doc['report']}")
     return lines

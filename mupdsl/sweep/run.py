@@ -8,8 +8,6 @@ to one at a time where vmap cannot apply; or on Slurm / Ray (:mod:`.engines`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import time
@@ -25,10 +23,14 @@ from ..measure import coordcheck
 from ..measure.hvp import Batch
 from ..measure.losses import task_loss
 from ..measure.ntk import ntk_eigenvalues
-from ..measure.sharpness import SharpnessResult, SharpnessTracker, eos_threshold, preconditioner
+from ..measure.sharpness import (
+    SharpnessResult, SharpnessTracker, adam_moments, adam_preconditioner, eos_threshold, floor_warning,
+)
 from ..spec import load_spec
 from .experiment import Experiment, Measure
+from .keys import gate_keys, gate_options, plan_trials
 from .store import Store
+from .workdir import folder_lock, open_folder
 
 DIVERGED_FACTOR = 1e3
 """A loss this many times the initial one (or non-finite) ends a trial as diverged."""
@@ -51,7 +53,42 @@ class SweepSummary:
 
 def measure_options(m: Measure, loss: str) -> dict[str, Any]:
     """The sharpness tracker's arguments from an experiment's ``[measure]`` table."""
-    return dict(tol=m.tol, top_k=m.top_k, loss=loss, trace_samples=m.trace_samples, directional=m.directional)
+    options = dict(tol=m.tol, top_k=m.top_k, loss=loss, trace_samples=m.trace_samples, directional=m.directional,
+                   preconditioner=m.preconditioner, floor_warn=m.floor_warn)
+    if m.batch == "full":
+        options["micro_batch"] = m.batch_size
+    return options
+
+
+MEASURE_SEED = 0x5EED
+"""The seed of the measurement batches' own generator: every trial of a sweep (and every member of a group) is
+measured on the same sequence of batches, and measuring never changes the batches a trial trains on."""
+
+
+def measurement_batch(m: Measure, x_train: torch.Tensor, y_train: torch.Tensor, generator: torch.Generator,
+                      fixed: Batch | None = None) -> Batch:
+    """The batch of one measurement (see ``Measure.batch``): ``fixed`` is drawn once from ``generator`` and then
+    passed back as ``fixed``; ``train`` draws ``batch_size`` indices uniformly with replacement, as the training
+    batches are drawn; ``full`` is the whole training set."""
+    if m.batch == "full":
+        return Batch((x_train,), y_train)
+    if m.batch == "fixed" and fixed is not None:
+        return fixed
+    idx = torch.randint(0, len(y_train), (m.batch_size,), generator=generator).to(y_train.device)
+    return Batch((x_train[idx],), y_train[idx])
+
+
+def floor_notice(trial: dict[str, Any], curves: dict, threshold: float) -> str | None:
+    """A warning naming the largest ε-floor share of a trial's Adam measurements, when it exceeds ``threshold``."""
+    shares = np.asarray(curves.get("floor_share", []), dtype=float)
+    if not shares.size or not np.nanmax(shares) > threshold:
+        return None
+    worst = int(np.nanargmax(shares))
+    steps = np.asarray(curves.get("sharp_step", []))
+    step = int(steps[worst]) if steps.size == shares.size else worst
+    return (f"warning: {trial['spec']} width {trial['width']} lr {trial['lr']:.4g}, step {step}: "
+            + floor_warning(float(shares[worst]), 0.0)
+            + f" ({int((shares > threshold).sum())} of {shares.size} measurements above {threshold:.0%})")
 
 
 def record_measurement(curves: dict[str, list], step: int, result: SharpnessResult, ntk: float | None) -> None:
@@ -60,31 +97,10 @@ def record_measurement(curves: dict[str, list], step: int, result: SharpnessResu
     curves["sharpness"].append(result.sharpness)
     curves["hvps"].append(result.hvps)
     extras = {"trace": result.trace, "trace_stderr": result.trace_stderr, "directional": result.directional,
-              "ntk": ntk}
+              "ntk": ntk, "floor_share": result.floor_share}
     for key, value in extras.items():
         if value is not None:
             curves.setdefault(key, []).append(value)
-
-
-def plan_trials(exp: Experiment) -> list[dict[str, Any]]:
-    """Every (spec, width, lr, seed, gamma) with a deterministic id (a hash of everything that shapes its result)."""
-    trials = []
-    gammas = exp.gammas or [None]
-    for spec in exp.specs:
-        for width, depth in [(w, d) for w in exp.widths for d in exp.depth_values()]:
-            for lr in exp.lr_values():
-                for seed in exp.seeds:
-                    for gamma in gammas:
-                        base_depth = exp.base_depth or (min(exp.depths) if exp.depths else exp.depth)
-                        key = dict(spec=spec, model=exp.model, dataset=exp.dataset, width=width,
-                                   base_width=exp.base_width or exp.widths[0], depth=depth,
-                                   base_depth=base_depth, optimizer=exp.optimizer, lr=lr, seed=seed, gamma=gamma,
-                                   gamma_name=exp.gamma_name, steps=exp.steps, batch_size=exp.batch_size,
-                                   warmup=exp.warmup, dtype=exp.dtype, measure=exp.measure.model_dump(),
-                                   num_samples=exp.num_samples)
-                        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-                        trials.append({"id": digest, **key})
-    return trials
 
 
 def _data(exp: Experiment):
@@ -151,29 +167,21 @@ def pinned_threads(count: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-def _gate_gamma(gammas: list[float]) -> float:
-    """The γ a γ-sweep is gated at: 1 (the feature-learning scale of µP) when swept, else the middle value."""
-    return 1.0 if 1.0 in gammas else sorted(gammas)[len(gammas) // 2]
-
-
-def gate(exp: Experiment, store: Store, say: Callable[[str], None]) -> dict[str, str]:
-    """Coordinate-check every spec (results kept in the store); returns the failing gated specs."""
-    done = store.gates()
+def gate(exp: Experiment, store: Store, say: Callable[[str], None],
+         keys: dict[str, str] | None = None) -> dict[str, str]:
+    """Coordinate-check every spec (verdicts kept in the store under a content key: an edited spec or model is
+    checked again); returns the failing gated specs."""
+    keys = keys or gate_keys(exp)
     failures = {}
-    widths = tuple(exp.coordcheck_widths or exp.widths[:4])
-    if len(widths) < 2:
-        widths = (widths[0], 2 * widths[0])
     for spec in exp.specs:
-        if spec not in done:
-            result = coordcheck(spec, exp.model, widths=widths, optimizer=exp.optimizer, seeds=2,
-                                depth=exp.depth, base_depth=exp.base_depth, device=_device(exp),
-                                data="mnist1d" if exp.dataset == "mnist1d" else "example",
-                                overrides={exp.gamma_name: _gate_gamma(exp.gammas)} if exp.gammas else None)
+        found = store.gate(keys[spec])
+        if found is None:
+            result = coordcheck(spec, exp.model, device=_device(exp), **gate_options(exp))
             detail = "; ".join(f"{f['key']} t={f['step']} {f['symptom']} ({f['slope']:+.2f})"
                                for f in result.failures[:5])
-            store.record_gate(spec, result.verdict, detail)
-            done[spec] = (result.verdict, detail)
-        verdict, detail = done[spec]
+            store.record_gate(keys[spec], spec, result.verdict, detail)
+            found = (result.verdict, detail)
+        verdict, detail = found
         say(f"coordcheck {spec}: {verdict}" + (f" — {detail}" if detail else "")
             + (" (ungated)" if spec in exp.ungated else ""))
         if verdict != "PASS" and spec not in exp.ungated:
@@ -199,21 +207,25 @@ def run_trial(exp: Experiment, trial: dict[str, Any], data, device: torch.device
     lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}
     g = torch.Generator().manual_seed(trial["seed"])
     m = exp.measure
-    measure_batch = Batch((x_train[: m.batch_size],), y_train[: m.batch_size])
+    measure_rng = torch.Generator().manual_seed(MEASURE_SEED)
+    fixed = measurement_batch(m, x_train, y_train, measure_rng) if m.batch == "fixed" else None
     tracker = SharpnessTracker(**measure_options(m, exp.loss))
     curves: dict[str, list] = {k: [] for k in ("loss", "eval_step", "eval_loss", "sharp_step", "sharpness", "hvps")}
+    adam = exp.optimizer != "sgd"
+    root, _ = adam_preconditioner(model, names, lrs, trial["lr"])   # (lr_p / eta0)^{1/2}: SGD's S, Adam's D^{1/2}
     status, first = "done", None
     for step in range(exp.steps):
         if exp.warmup:
             for group, lr in zip(opt.param_groups, base_lrs):
                 group["lr"] = lr * min(1.0, (step + 1) / exp.warmup)
-        if m.sharpness_every and step % m.sharpness_every == 0:
-            scale = preconditioner(model, names, lrs, trial["lr"], opt if exp.optimizer != "sgd" else None,
-                                   exp.optimizer) if (exp.optimizer == "sgd" or step > 0) else None
-            if scale is not None:
-                r = tracker(model, measure_batch, scale=scale, names=names)
-                ntk = ntk_eigenvalues(model, measure_batch, names, scale)[0] if m.ntk else None
-                record_measurement(curves, step, r, ntk)
+        if m.sharpness_every and step % m.sharpness_every == 0 and (not adam or step > 0):
+            batch = measurement_batch(m, x_train, y_train, measure_rng, fixed)
+            if adam:
+                r = tracker(model, batch, adam=adam_moments(model, names, opt), ratio=root.square(), names=names)
+            else:
+                r = tracker(model, batch, scale=root, names=names)
+            ntk = ntk_eigenvalues(model, batch, names, r.scale)[0] if m.ntk else None
+            record_measurement(curves, step, r, ntk)
         idx = torch.arange(len(y_train)) if exp.full_batch else torch.randint(0, len(y_train), (exp.batch_size,),
                                                                                  generator=g)
         idx = idx.to(device)
@@ -280,7 +292,8 @@ def _run_adaptive(exp: Experiment, members: list[dict[str, Any]], data, device, 
                   say: Callable[[str], None]) -> tuple[list[tuple], list[dict[str, Any]]]:
     """Seed 003's adaptive grid, per seed: η downward from the largest until the first convergent trial, then
     ``below`` more; trials already in the store count (resume) and are not re-run."""
-    done = {t["id"]: t for t in store.trials()}
+    finished = store.done_ids()
+    done = {t["id"]: t for t in store.trials() if t["id"] in finished}
     outcomes, ran = [], []
     for seed in sorted({t["seed"] for t in members}):
         ladder = sorted((t for t in members if t["seed"] == seed), key=lambda t: -t["lr"])
@@ -304,22 +317,34 @@ def _run_adaptive(exp: Experiment, members: list[dict[str, Any]], data, device, 
 
 def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, engine: str = "local",
         engine_options: dict[str, Any] | None = None, say: Callable[[str], None] = print) -> SweepSummary:
-    """Run (or resume) the sweep into ``out_dir`` on ``engine``: "local", "slurm" (submitit) or "ray"."""
-    import shutil  # noqa: PLC0415
+    """Run (or resume) the sweep into ``out_dir`` on ``engine``: "local", "slurm" (submitit) or "ray".
+
+    The folder is locked for the run (a second sweep into it is refused with this one's pid) and holds one
+    experiment (another one is refused); ``fresh`` deletes the sweep's own files there, once the inputs validated.
+    """
+    from .engines import EngineRefused, engine_problem  # noqa: PLC0415
+
+    problem = engine_problem(exp, engine)
+    if problem is not None:
+        raise EngineRefused(problem)
+    with folder_lock(out_dir):
+        return _run(exp, out_dir, gated=gated, fresh=fresh, engine=engine, engine_options=engine_options, say=say)
+
+
+def _run(exp: Experiment, out_dir, *, gated: bool, fresh: bool, engine: str, engine_options: dict[str, Any] | None,
+         say: Callable[[str], None]) -> SweepSummary:
     from pathlib import Path  # noqa: PLC0415
 
     out = Path(out_dir)
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    store = Store(out)
-    (out / "experiment.json").write_text(exp.model_dump_json(indent=1))
-    load_factory(exp.model)  # a bad model or a missing dataset fails here, before any work
+    load_factory(exp.model)  # a bad model, spec or a missing dataset fails here, before any work
     data = _data(exp)
-    failures = gate(exp, store, say)
+    trials, keys = plan_trials(exp), gate_keys(exp)
+    store = open_folder(out, exp, fresh=fresh)
+    store.set_current([t["id"] for t in trials], keys.values())
+    failures = gate(exp, store, say, keys)
     if failures and gated:
         store.close()
         raise GateFailed(failures)
-    trials = plan_trials(exp)
     done = store.done_ids()
     todo = [t for t in trials if t["id"] not in done]
     if exp.adaptive:
@@ -370,4 +395,7 @@ def _run_local(exp: Experiment, groups: dict[tuple, list[dict[str, Any]]], data,
             depth = f" depth {trial['depth']}" if trial["depth"] is not None else ""
             say(f"[{ran}/{total}] {trial['spec']} width {trial['width']}{depth} lr {trial['lr']:.4g} seed {trial['seed']}"
                 f": {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
+            notice = floor_notice(trial, curves or {}, exp.measure.floor_warn)
+            if notice:
+                say(notice)
     return ran, diverged, crashed
