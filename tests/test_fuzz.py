@@ -8,11 +8,9 @@ fast parser accepts. The default suite runs a few hundred cases in a few seconds
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 from lark import Token
 
+from helpers import within as time_limit
 from mupdsl.cli import main
 from mupdsl.spec import SpecError, load_spec, preset_names
 from mupdsl.spec.build import PRESET_DIR
@@ -45,19 +44,9 @@ CASE_SECONDS = 1.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextlib.contextmanager
 def within(seconds: float = CASE_SECONDS):
-    """Fail (TimeoutError) if the block runs longer than ``seconds`` (SIGALRM: Linux, main thread)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"one case took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    """A case's time limit (``helpers.within``) with the fuzz corpus's default of a second."""
+    return time_limit(seconds)
 
 
 def mutate(text: str, rng: random.Random, edits: int) -> str:

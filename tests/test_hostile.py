@@ -6,9 +6,7 @@ command line, the TOML key for an experiment file — exit code 2, no traceback,
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers import within
 from mupdsl.cli import main
 from mupdsl.spec import SpecError, load_spec
 from mupdsl.spec.expr import EvaluationError, Monomial
@@ -29,19 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mupdsl.models.mlp"
 
 
-@contextlib.contextmanager
-def within(seconds: float):
-    """Fail (TimeoutError) if the block runs longer than ``seconds`` (SIGALRM: Linux, main thread)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def spec_error(tmp_path: Path, text: str | bytes, name: str = "bad.param", **overrides) -> SpecError:

@@ -21,23 +21,7 @@ from mupdsl.sweep.keys import gate_keys
 from mupdsl.sweep.store import SCHEMA_VERSION, Store, StoreError
 from mupdsl.sweep.workdir import FolderInUse, clear, folder_lock
 
-TINY = """
-name = "tiny"
-specs = ["mup", "sp"]
-ungated = ["sp"]
-model = "mupdsl.models.mlp"
-dataset = "teacher"
-widths = [16, 32]
-coordcheck_widths = [64, 128, 256]
-lrs = [0.05, 0.2, 0.8]
-steps = 15
-batch_size = 16
-num_samples = 400
-[measure]
-sharpness_every = 5
-eval_every = 5
-batch_size = 32
-"""
+from helpers import TINY
 
 
 def experiment(tmp_path, text=TINY, name="exp.toml"):

@@ -16,23 +16,7 @@ import pytest
 from mupdsl.sweep import ExperimentError, load_experiment, plan_trials, run, write_report
 from mupdsl.sweep.analysis import eta_star, transfer
 
-TINY = """
-name = "tiny"
-specs = ["mup", "sp"]
-ungated = ["sp"]
-model = "mupdsl.models.mlp"
-dataset = "teacher"
-widths = [16, 32]
-coordcheck_widths = [64, 128, 256]
-lrs = [0.05, 0.2, 0.8]
-steps = 15
-batch_size = 16
-num_samples = 400
-[measure]
-sharpness_every = 5
-eval_every = 5
-batch_size = 32
-"""
+from helpers import TINY
 
 
 def write(tmp_path, text, name="exp.toml"):

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
+from .sign import closure_loss
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """The quintic Newton–Schulz coefficients of Jordan et al. 2024 ("Muon", kellerjordan.github.io/posts/muon)."""
 NS_STEPS = 5
@@ -77,10 +79,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             ns = {"steps": group["ns_steps"], "coefficients": group["ns_coefficients"], "eps": group["eps"]}
@@ -143,10 +142,7 @@ class Combined(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for part in self.parts.values():
             part.step()
         return loss

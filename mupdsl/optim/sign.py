@@ -10,6 +10,8 @@ The maths are the pure functions :func:`signsgd_direction` and :func:`lion_direc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -47,6 +49,14 @@ def _check(lr: float, weight_decay: float, **betas: float) -> None:
             raise ValueError(f"{name} should be in [0, 1), got {beta}")
 
 
+def closure_loss(closure) -> Any:
+    """``torch.optim``'s closure protocol: the loss the closure returns (computed with gradients on), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class SignSGD(torch.optim.Optimizer):
     """SignSGD: ``p ← p (1 − lr λ) − lr · sign(g)``; with ``momentum`` β > 0, the sign of the momentum
     ``m ← β m + (1 − β) g`` instead (Signum). Weight decay λ is decoupled (as AdamW's and Lion's)."""
@@ -57,10 +67,7 @@ class SignSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -90,10 +97,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
             for p in group["params"]:
@@ -109,4 +113,4 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-__all__ = ["Lion", "SignSGD", "lion_direction", "signsgd_direction"]
+__all__ = ["Lion", "SignSGD", "closure_loss", "lion_direction", "signsgd_direction"]
