@@ -369,3 +369,12 @@ def test_stacked_operator_equals_each_member():
         S = torch.diag(scale[k])
         assert results[k].eigenvalues == pytest.approx(torch.linalg.eigvalsh(S @ H @ S).flip(0)[:2].tolist(),
                                                        rel=1e-7)
+
+
+def test_lanczos_names_a_non_finite_operator_and_handles_degenerate_spectra():
+    from mupdsl.measure.lanczos import lanczos
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        lanczos(lambda x: x * float("nan"), 20)
+    eigen = lanczos(lambda x: 0.125 * x, 300, dtype=torch.float64)   # every eigenvalue equal: one step, exact
+    assert eigen.top == pytest.approx(0.125) and eigen.hvps == 1 and eigen.converged

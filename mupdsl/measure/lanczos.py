@@ -81,6 +81,11 @@ def lanczos_batched(op: BatchedOperator, count: int, dim: int, k: int = 1, *, to
     results: list[Eigen | None] = [None] * count
     for j in range(steps):
         W = op(Q[:, j], active.to(device))
+        if not bool(torch.isfinite(W).all()):
+            bad = sorted({int(active[i]) for i in torch.nonzero(~torch.isfinite(W).all(-1)).flatten().tolist()})
+            raise FloatingPointError(f"the operator returned non-finite values (member {bad[0]}"
+                                     f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): a diverged model "
+                                     "has no sharpness")
         alphas[:, j] = (W * Q[:, j]).sum(-1).double().cpu()
         basis = Q[:, : j + 1]
         for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
