@@ -28,7 +28,8 @@ from click.testing import CliRunner  # noqa: E402
 
 from mupdsl.cli import main  # noqa: E402
 from mupdsl.spec import SpecError, load_spec  # noqa: E402
-from mupdsl.sweep.experiment import ExperimentError, load_experiment  # noqa: E402
+from mupdsl.sweep.experiment import ExperimentError  # noqa: E402
+from mupdsl.sweep.experiment_file import load_experiment  # noqa: E402
 from tests.test_fuzz import PRESETS, experiment_cases, flag_cases, spec_cases, write  # noqa: E402
 from tests.test_hostile import _big_spec  # noqa: E402
 

@@ -29,7 +29,8 @@ from mupdsl.spec.build import PRESET_DIR
 from mupdsl.spec.errors import source_line
 from mupdsl.spec.parsing import Bail, Fail, FastParser
 from mupdsl.spec.syntax import parser
-from mupdsl.sweep.experiment import Experiment, ExperimentError, load_experiment
+from mupdsl.sweep.experiment import Experiment, ExperimentError
+from mupdsl.sweep.experiment_file import load_experiment
 
 PRESETS = {name: (PRESET_DIR / f"{name}.param").read_text() for name in preset_names()}
 PIECES = ["{", "}", "(", ")", "=", "^", "*", "/", "-", ";", '"', "#", "\n", " ", "1/2", "0", "hidden", "lr",

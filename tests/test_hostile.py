@@ -22,7 +22,8 @@ from mupdsl.spec import SpecError, load_spec
 from mupdsl.spec.expr import EvaluationError, Monomial
 from mupdsl.spec.limits import MAX_EXPONENT, MAX_EXPR_TOKENS, MAX_NESTING
 from mupdsl.spec.resolve import glob_matcher, network
-from mupdsl.sweep.experiment import ExperimentError, load_experiment
+from mupdsl.sweep.experiment import ExperimentError
+from mupdsl.sweep.experiment_file import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mupdsl.models.mlp"
@@ -587,3 +588,19 @@ def test_a_missing_device_is_refused_before_the_sweep(tmp_path):
     assert result.exit_code == 2, result.output
     assert "device" in result.output and "cuda:9" in result.output
     assert not (tmp_path / "out" / "store.sqlite").exists()
+
+
+@pytest.mark.parametrize("data,key,line", [
+    (EXP + "batch_size = 16\n[measure]\neval_every = 2\nbatch_size = 0\n", "measure.batch_size", 9),
+    (EXP + "batch_size = 0\n[measure]\nbatch_size = 16\n", "batch_size", 6),
+    (EXP + "measure.tol = -1\n", "measure.tol", 6),
+    (EXP + '"steps" = 0\n', "steps", 6),
+])
+def test_experiment_errors_point_at_the_key_as_written(tmp_path, data, key, line):
+    err = experiment_error(tmp_path, data)
+    assert (err.key, err.line) == (key, line), err.render()
+
+
+def test_a_gamma_sweep_names_a_gamma_its_specs_do_not_declare(tmp_path):
+    err = experiment_error(tmp_path, EXP + 'gammas = [0.1, 1.0]\ngamma_name = "nonexistent"\n')
+    assert (err.key, err.line) == ("gamma_name", 7) and "declares no hyperparameter" in err.message

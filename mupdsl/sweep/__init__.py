@@ -1,6 +1,7 @@
 """Sweeps: experiment files, the trial pipeline with resume, transfer analysis, figures and report."""
 
-from .experiment import Experiment, ExperimentError, load_experiment
+from .experiment import Experiment, ExperimentError
+from .experiment_file import load_experiment
 from .report import write_report
 from .results import failed_claims, sweep_document
 from .keys import plan_trials

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+    BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator,
 )
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -398,17 +397,6 @@ def small(exp: Experiment) -> Experiment:
             "eval_every": 10, "batch_size": min(exp.measure.batch_size, 64)})})
 
 
-def _line_of(text: str, key: str) -> int:
-    leaf = key.split(".")[-1]
-    match = re.search(rf"^\s*{re.escape(leaf)}\s*=", text, re.MULTILINE) or \
-        re.search(rf"^\s*\[{re.escape(leaf)}\]", text, re.MULTILINE)
-    if match is None and "." in key:
-        first = re.escape(key.split(".")[0])
-        match = re.search(rf"^\s*\[{first}\]", text, re.MULTILINE) or re.search(rf"^\s*{first}\s*=", text,
-                                                                                   re.MULTILINE)
-    return text[: match.start()].count("\n") + 1 if match else 1
-
-
 def device_problem(device: str) -> str | None:
     """Why ``device`` cannot be used on this machine (no CUDA, cuda:9 on a machine with one GPU), or None."""
     if not DEVICE_PATTERN.fullmatch(device):
@@ -428,88 +416,3 @@ def device_problem(device: str) -> str | None:
         return f"device '{device}' does not exist: this machine has {count} CUDA device{'s' if count != 1 else ''} " \
                f"(cuda:0{f' … cuda:{count - 1}' if count > 1 else ''})"
     return None
-
-
-def _nesting_line(text: str, limit: int = 64) -> int:
-    """The line where arrays and inline tables first nest deeper than ``limit`` (strings and comments skipped)."""
-    depth, line, i, quote = 0, 1, 0, None
-    while i < len(text):
-        ch = text[i]
-        if ch == "\n":
-            line += 1
-        if quote:
-            if ch == "\\" and quote == '"':
-                i += 2
-                continue
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            end = text.find("\n", i)
-            i = len(text) if end < 0 else end
-            continue
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return line
-        elif ch in "]}":
-            depth -= 1
-        i += 1
-    return 1
-
-
-def _read_text(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ExperimentError(str(path), 0, "file", f"too large ({size:,} bytes); an experiment file is at most "
-                                                         f"{MAX_FILE_BYTES:,} bytes")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExperimentError(str(path), 0, "file", exc.strerror or "cannot read") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-        raise ExperimentError(str(path), line, "file", "not UTF-8 text" + (
-            " (it looks like UTF-16)" if utf16 else f" (byte 0x{data[exc.start]:02x})") + "; save it as UTF-8") from None
-
-
-_TAGS = {"list", "grid", "adaptive"}
-
-
-def _key(loc: tuple) -> str:
-    parts = []
-    for p in loc:
-        if isinstance(p, int) or (parts and parts[0] == "lrs" and p in _TAGS):
-            continue
-        parts.append(str(p))
-    return ".".join(parts) or "experiment"
-
-
-def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
-    path = Path(path)
-    text = _read_text(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        found = re.search(r"line (\d+)", str(exc))
-        line = int(found.group(1)) if found else max(text.count("\n") + (not text.endswith("\n")), 1)
-        raise ExperimentError(str(path), line, "syntax", str(exc).split(" (at")[0]) from None
-    except RecursionError:
-        raise ExperimentError(str(path), _nesting_line(text), "syntax",
-                              "arrays and tables nest too deeply") from None
-    data.update(overrides or {})
-    try:
-        return Experiment.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = _key(err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        raise ExperimentError(str(path), _line_of(text, key), key, message) from None
-    except RecursionError:
-        raise ExperimentError(str(path), _nesting_line(text), "experiment", "values nest too deeply") from None
