@@ -245,8 +245,9 @@ def log_slope(points: list[tuple[float, float]]) -> float | None:
 def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """γ–η phase portrait per spec (seed 003): final loss over the (γ, η) grid, η* per γ, and the slope of
     log η* against log γ over all γ (``slope``), over γ ≤ 1 (``slope_small``: 2 in the lazy regime) and over
-    γ ≥ 1 (``slope_large``: 2/L in the ultra-rich one); None where fewer than two γ have an η*. A γ sweep
-    gets these slopes and no transfer verdict."""
+    γ ≥ 1 (``slope_large``: 2/L in the ultra-rich one), from the γ whose η* is bracketed inside the grid (an η*
+    at the grid's first or last rate is a bound; those γ are listed in ``unbracketed``); None where fewer than two
+    γ qualify. A γ sweep gets these slopes and no transfer verdict."""
     out = {}
     for spec in sorted({t["spec"] for t in trials if t.get("gamma") is not None}):
         rows = [t for t in trials if t["spec"] == spec and t.get("gamma") is not None and t["status"] != "crashed"]
@@ -257,8 +258,12 @@ def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             i, j = gammas.index(t["gamma"]), lrs.index(t["lr"])
             grid[i, j] = value if not np.isfinite(grid[i, j]) else (grid[i, j] + value) / 2
         stars = [eta_star(lrs, list(row)) for row in grid]
-        ok = [(g, s) for g, s in zip(gammas, stars) if math.isfinite(s)]
-        out[spec] = {"gammas": gammas, "lrs": lrs, "loss": grid, "eta_star": stars, "slope": log_slope(ok),
+        inside = [bracketed(lrs, list(row)) for row in grid]
+        # an η* at the grid's edge is only a bound: it stays out of the fits, and the result says which
+        ok = [(g, s) for g, s, b in zip(gammas, stars, inside) if math.isfinite(s) and b]
+        out[spec] = {"gammas": gammas, "lrs": lrs, "loss": grid, "eta_star": stars, "bracketed": inside,
+                     "unbracketed": [g for g, s, b in zip(gammas, stars, inside) if math.isfinite(s) and not b],
+                     "slope": log_slope(ok),
                      "slope_small": log_slope([(g, s) for g, s in ok if g <= 1]),
                      "slope_large": log_slope([(g, s) for g, s in ok if g >= 1])}
     return out

@@ -70,8 +70,10 @@ def _write(out: Path, store: Store, record, exp: dict) -> tuple[Path, dict]:
         figure = phase_figure(spec, p, _output(store, out, f"phase_{figure_slug(spec)}.png"))
         slopes = ", ".join(f"{label} {'—' if p[key] is None else format(p[key], '.2f')}" for key, label in
                            (("slope", "all γ"), ("slope_small", "γ ≤ 1"), ("slope_large", "γ ≥ 1")))
+        edge = (f" η* at the grid's edge (a bound, left out of the fits) at γ = "
+                f"{', '.join(f'{g:g}' for g in p['unbracketed'])}." if p["unbracketed"] else "")
         lines += [f"## γ–η phase portrait: {spec}", "", f"Slope of log η* against log γ: {slopes} (a γ sweep: "
-                  "slopes, no transfer verdict).", "", f"![phase {spec}]({figure.name})", ""]
+                  f"slopes, no transfer verdict).{edge}", "", f"![phase {spec}]({figure.name})", ""]
     crashed = [t for t in trials if t["status"] == "crashed"]
     if crashed:
         lines += ["## Crashed trials", ""] + [f"- {t['id']} ({t['spec']}, width {t['width']}, lr {t['lr']:.3g}): "

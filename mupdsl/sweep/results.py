@@ -145,8 +145,8 @@ def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | No
                 entry.update(spec_entry(analysis[spec]))
             if spec in portraits:
                 p = portraits[spec]
-                entry["phase"] = plain({k: p[k] for k in ("gammas", "lrs", "eta_star", "slope", "slope_small",
-                                                          "slope_large")} | {"loss": p["loss"]})
+                entry["phase"] = plain({k: p[k] for k in ("gammas", "lrs", "eta_star", "bracketed", "unbracketed",
+                                                          "slope", "slope_small", "slope_large")} | {"loss": p["loss"]})
             entry["trials"] = [trial_entry(t, {} if t["id"] in unreadable else _curves(store, t["id"]))
                                for t in rows]
             specs[spec] = entry
