@@ -315,18 +315,10 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
 
             torch.manual_seed(seed)
             factory = load_factory(model)
-            example = factory.example_batch(batch_size)
-            measured = factory.example_batch(measure_batch_size) if measure_batch_size and example else None
+            batch = Batch(*factory.training_batch(batch_size))
+            measure_on = Batch(*factory.training_batch(measure_batch_size)) if measure_batch_size else batch
     except CompileError as exc:
         raise compile_error(exc) from None
-    if example is None:
-        raise BadInput(f"error: {model} has no example_batch(batch_size) to measure on")
-    inputs, targets = example
-    batch = Batch(tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), targets)
-    measure_on = batch
-    if measured is not None:
-        m_inputs, m_targets = measured
-        measure_on = Batch(tuple(m_inputs) if isinstance(m_inputs, (tuple, list)) else (m_inputs,), m_targets)
     opt = compiled.optimizer()
     with model_code(model):
         for step in range(train_steps):

@@ -115,7 +115,7 @@ def writable_file(flag: str, path: str | None) -> None:
     if problem is None:
         existed = target.exists()
         try:
-            with open(target, "a"):
+            with open(target, "a"):   # opening for append is the test: it creates nothing the user keeps
                 pass
         except OSError as exc:
             problem = f"cannot write there: {exc.strerror or exc}"

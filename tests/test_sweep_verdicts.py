@@ -16,6 +16,8 @@ from mupdsl.sweep.analysis import REL_TOL, phase, transfer, transfer_verdict, wi
 from mupdsl.sweep.keys import gate_keys
 from mupdsl.sweep.store import Store
 
+from helpers import TINY as TINY_SWEEP
+
 LRS = [2.0 ** k for k in range(-8, 1)]
 
 
@@ -159,23 +161,9 @@ def _document(root, trials, ungated, widths=(16, 64, 256)):
     return sweep_document(root)
 
 
-TINY = """
-name = "tiny"
-specs = ["mup", "sp"]
-ungated = ["sp"]
-model = "mupdsl.models.mlp"
-dataset = "teacher"
-widths = [16, 32, 64]
-coordcheck_widths = [64, 128, 256]
-lrs = [0.00390625, 0.0078125, 0.015625, 0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0]
-steps = 15
-batch_size = 16
-num_samples = 400
-[measure]
-sharpness_every = 5
-eval_every = 5
-batch_size = 32
-"""
+# the shared tiny sweep with a third width and a nine-rate grid (factors of 2), so η* can be bracketed at every width
+TINY = TINY_SWEEP.replace("widths = [16, 32]", "widths = [16, 32, 64]").replace(
+    "lrs = [0.05, 0.2, 0.8]", "lrs = [0.00390625, 0.0078125, 0.015625, 0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0]")
 
 
 def _prefill(out, exp, optimum):

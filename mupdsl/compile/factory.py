@@ -62,8 +62,12 @@ class ModelFactory:
             raise CompileError(f"{self.source}: example_batch({batch_size}) returned a {what}; training needs "
                                "(inputs, targets) with targets a tensor",
                                hint="return (x, y), or ((x1, x2), y) for a forward with several inputs")
-        inputs, targets = batch
-        return (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)), targets
+        return positional(batch[0]), batch[1]
+
+
+def positional(inputs) -> tuple:
+    """A model's inputs as positional arguments: a tuple or list as they are, anything else as the one argument."""
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
 def _import_path(path: Path) -> ModuleType:

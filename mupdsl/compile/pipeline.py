@@ -21,6 +21,7 @@ from ..spec import Spec
 from . import hooks
 from .analyze import Analysis, analyze
 from .carry import carry
+from .factory import positional
 from .checks import VERIFY_TOLERANCE, base_identity, compare_outputs, lint, verify_carried
 from .compiled import CompiledModel
 from .errors import CompileError
@@ -44,8 +45,7 @@ def inputs_of(batch) -> tuple | None:
     """The positional inputs of an example batch ((inputs, targets), or the inputs alone)."""
     if batch is None:
         return None
-    inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    return positional(batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch)
 
 
 def moved(inputs: tuple | None, device) -> tuple | None:

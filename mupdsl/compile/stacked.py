@@ -63,7 +63,8 @@ class StackedOptimizer:
     moments (β = 0.9, 0.999); AdamW: decoupled, p ← p − lr wd p first — torch.optim's formulas, per member and
     tensor. SignSGD: p ← p (1 − lr wd) − lr sign(g); Lion: p ← p (1 − lr wd) − lr sign(β1 m + (1 − β1) g),
     m ← β2 m + (1 − β2) g with β = (0.9, 0.99) — :mod:`mupdsl.optim.sign`'s directions, with their classes'
-    defaults (SignSGD without momentum). Any other optimizer raises :class:`NotStackable`. The buffer is updated in place: a caller that keeps views of it (tapped values) must clone them.
+    defaults (SignSGD without momentum). Any other optimizer raises :class:`NotStackable`. The buffer is updated
+    in place: a caller that keeps views of it (tapped values) must clone them.
     ``mask`` (G,) freezes members (e.g. diverged ones); ``lr_factor`` scales every rate (warm-up)."""
 
     def __init__(self, stack: FlatStack, members: Sequence[CompiledModel], like: torch.Tensor,

@@ -391,14 +391,14 @@ def judge(slopes: list[dict[str, Any]], tolerance: float, steps: int) -> tuple[l
 
 def _excuse_readout_transients(failures: list[dict], reports: list[str], parts: dict, tolerance: float
                                ) -> tuple[list[dict], list[str]]:
-    excused: dict[int, dict] = {}
+    excused: list[dict] = []
     for f in failures:
         own = parts.get((f["key"] + WEIGHT_PART, f["step"]))
         through = parts.get((f["key"] + INPUT_PART, f["step"]))
         if f["symptom"] != "vanish" or own is None or through is None or own["diverged"]:
             continue
         if not _significant(own, tolerance) and through["slope"] < -tolerance:
-            excused[f["step"]] = f
+            excused.append(f)
             reports.append(
                 f"{f['key']} t={f['step']}: its change vanishes with width (slope {f['slope']:+.2f}) only through "
                 f"W₀·Δx (slope {through['slope']:+.2f}), the Θ(1/√n) part of a readout's change; its own update "
@@ -407,11 +407,12 @@ def _excuse_readout_transients(failures: list[dict], reports: list[str], parts: 
                 "reported, not failed (at larger widths the Θ(1) part dominates)")
     kept = []
     for f in failures:
-        readout = excused.get(f["step"])
-        if readout is f:
+        if any(f is e for e in excused):
             continue
-        if readout is not None and f["key"] == "output" and f["symptom"] == "vanish" \
-                and abs(f["slope"] - readout["slope"]) <= 0.05:
+        # the model's output, when it is an excused readout's output at the same step (the same slope)
+        readout = next((e for e in excused if e["step"] == f["step"] and abs(f["slope"] - e["slope"]) <= 0.05),
+                       None)
+        if readout is not None and f["key"] == "output" and f["symptom"] == "vanish":
             reports.append(f"output t={f['step']}: the change of {readout['key']}, its readout (above)")
             continue
         kept.append(f)

@@ -46,7 +46,7 @@ def parse_checked(text: str, path: str, exprs: bool = False) -> tuple[Tree, bool
     try:
         return FastParser(text, path, exprs).parse(), True
     except Bail:
-        pass
+        pass   # a statement only Lark can read: Lark reads the whole file below
     except Fail as fail:
         if len(text) > SMALL and fail.restart > 0:
             # Lark from the item before the failing one, with everything before it blanked out (newlines kept,

@@ -170,8 +170,6 @@ def glob_matcher(glob: str) -> GlobMatcher:
     return GlobMatcher(glob)
 
 
-glob_regex = glob_matcher
-"""The former name: the matcher answers ``.match(name)`` like a compiled regex did (and never backtracks)."""
 
 
 def glob_literal_length(glob: str) -> int:
@@ -363,7 +361,7 @@ def tensor_rule(spec: Spec, optimizer: str, name: str | None, role: str, net: Ne
 
 __all__ = [
     "NETWORK_KEYS", "SECTION_RANK", "TENSOR_KEYS", "GlobMatcher", "Network", "TensorRule", "glob_matcher",
-    "glob_problem", "glob_regex", "most_specific_rule", "trained_by",
+    "glob_problem", "most_specific_rule", "trained_by",
     "network", "network_setting",
     "resolve_settings", "rule_matches", "tensor_rule",
 ]
