@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mupdsl.sweep import load_experiment, plan_trials  # noqa: E402
-from mupdsl.sweep.run import _data, _device, _run_members  # noqa: E402
+from mupdsl.sweep.trial import experiment_data, experiment_device, run_members  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,16 +36,16 @@ def main() -> None:
         if args.no_sharpness:
             overrides["measure"] = {"sharpness_every": 0, "eval_every": 50, "batch_size": 256}
         exp = load_experiment(args.experiment, overrides)
-        trials, data, device = plan_trials(exp), _data(exp), _device(exp)
+        trials, data, device = plan_trials(exp), experiment_data(exp), experiment_device(exp)
         groups: dict = {}
         for t in trials:
             groups.setdefault((t["spec"], t["width"], t["gamma"]), []).append(t)
         if device.type == "cuda":  # CUDA context, cuBLAS handles and kernels loaded before the clock starts
-            _run_members(exp, next(iter(groups.values()))[:2], data, device, lambda _: None)
+            run_members(exp, next(iter(groups.values()))[:2], data, device, lambda _: None)
             torch.cuda.synchronize()
         start = time.perf_counter()  # the trials alone: no gate, no store
         for members in groups.values():
-            _run_members(exp, members, data, device, lambda _: None)
+            run_members(exp, members, data, device, lambda _: None)
         elapsed = time.perf_counter() - start
         rates[group] = len(trials) / elapsed * 3600
         print(f"group={group}: {len(trials)} trials in {elapsed:.1f} s = {rates[group]:.0f} trials/hour")

@@ -304,7 +304,7 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
 
     from .compile import CompileError, compile_model  # noqa: PLC0415
     from .measure.hvp import Batch  # noqa: PLC0415
-    from .measure.losses import task_loss  # noqa: PLC0415
+    from .train import ModuleReplica, Schedule, train  # noqa: PLC0415
     from .measure.sharpness import measure, measure_compiled  # noqa: PLC0415
 
     try:
@@ -319,14 +319,12 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
             measure_on = Batch(*factory.training_batch(measure_batch_size)) if measure_batch_size else batch
     except CompileError as exc:
         raise compile_error(exc) from None
-    opt = compiled.optimizer()
+    replica = ModuleReplica(compiled)
+    opt = replica.optimizer
     with model_code(model):
-        for step in range(train_steps):
-            opt.zero_grad(set_to_none=True)
-            loss_value = task_loss(compiled(*batch.inputs), batch.targets, loss)
-            loss_value.backward()
-            opt.step()
-            err().print(f"[dim]step {step + 1}/{train_steps}: loss {loss_value.item():.4g}[/]")
+        train(replica, lambda step: (batch.inputs, batch.targets, True), Schedule(train_steps), loss=loss,
+              diverge_factor=None, after_step=lambda step, losses, _: err().print(
+                  f"[dim]step {step + 1}/{train_steps}: loss {losses[0].item():.4g}[/]"))
     opt.zero_grad(set_to_none=True)
     try:
         with model_code(model):

@@ -120,41 +120,37 @@ def run(out_dir: str | Path, say: Callable[[str], None] = print) -> dict:
 
 
 def sharpness_demo(out: Path, say: Callable[[str], None]) -> dict:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415 - drawn off-screen; the process's backend untouched
 
     from .compile import compile_model  # noqa: PLC0415
     from .data import mnist1d  # noqa: PLC0415
     from .measure.hvp import Batch  # noqa: PLC0415
-    from .measure.losses import task_loss  # noqa: PLC0415
-    from .measure.sharpness import SharpnessTracker, eos_threshold  # noqa: PLC0415
+    from .measure.sharpness import SharpnessTracker, eos_threshold, preconditioner  # noqa: PLC0415
+    from .train import ModuleReplica, Schedule, train  # noqa: PLC0415
 
     x, y, _, _ = mnist1d(num_samples=2000)
     batch = Batch((x[:256],), y[:256])
     eta0, steps, every = 0.2, 40, 5
     curves: dict = {}
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    fig = Figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, spec_name in zip(axes, ("mup", "sp")):
         for width in (64, 128, 256):
             compiled = compile_model(spec_name, "mupdsl.models.mlp", width=width, base_width=64,
                                      overrides={"eta0": eta0}, seed=0)
-            opt = compiled.optimizer()
             tracker = SharpnessTracker(tol=1e-3)
             names = [t.name for t in compiled.plan.tensors]
-            from .measure.sharpness import preconditioner  # noqa: PLC0415
+            lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}
+            scale = preconditioner(compiled.model, names, lrs, eta0)   # S = (lr_p / η0)^½, seed 002 Eq. 3
             points = []
-            for step in range(steps + 1):
+
+            def measure_now(step: int, _factor: float, _alive) -> None:
                 if step % every == 0:
-                    lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}
-                    scale = preconditioner(compiled.model, names, lrs, eta0)
                     r = tracker(compiled.model, batch, scale=scale, names=names)
                     points.append((step, r.sharpness, r.hvps))
-                loss = task_loss(compiled(x[:256]), y[:256])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+
+            train(ModuleReplica(compiled), lambda _: (batch.inputs, batch.targets, True), Schedule(steps + 1),
+                  before_step=measure_now, diverge_factor=None)
             curves[f"{spec_name}/{width}"] = points
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=f"width {width}")
             say(f"  {spec_name:4s} width {width}: sharpness " + ", ".join(f"{p[1]:.3g}" for p in points[::2])
@@ -166,6 +162,5 @@ def sharpness_demo(out: Path, say: Callable[[str], None]) -> dict:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "sharpness.png", dpi=130)
-    plt.close(fig)
     say(f"  figure -> {out / 'sharpness.png'}")
     return curves

@@ -358,7 +358,7 @@ def test_a_model_file_imports_its_siblings(tmp_path):
 
 
 def test_a_tuple_output_whose_first_element_is_not_the_prediction_gets_a_hint():
-    from mupdsl.measure.losses import task_loss
+    from mupdsl.train.losses import task_loss
     hidden, logits = torch.randn(4, 7, 32), torch.randn(4, 7, 10)
     with pytest.raises(ValueError, match="first element of its tuple output.*Return the logits"):
         task_loss((hidden.reshape(4, 224), logits), torch.zeros(28, dtype=torch.long))

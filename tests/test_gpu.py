@@ -40,17 +40,16 @@ def test_grouped_equals_one_at_a_time_on_cuda(tmp_path):
     import numpy as np
 
     from mupdsl.sweep import load_experiment, plan_trials
-    from mupdsl.sweep.grouped import run_group
-    from mupdsl.sweep.run import _data, run_trial
+    from mupdsl.sweep.trial import experiment_data, train_alone, train_group
 
     torch.backends.cuda.matmul.allow_tf32 = False
     path = tmp_path / "exp.toml"
     path.write_text(TINY)
     exp = load_experiment(path)
-    data = _data(exp)
+    data = experiment_data(exp)
     group = [t for t in plan_trials(exp) if t["width"] == 256]
-    for trial, (status, curves, _, _) in zip(group, run_group(exp, group, data, CUDA)):
-        s, c, _, _ = run_trial(exp, trial, data, CUDA)
+    for trial, (status, curves, _, _) in zip(group, train_group(exp, group, data, CUDA)):
+        s, c, _, _ = train_alone(exp, trial, data, CUDA)
         assert status == s == "done"
         # cuBLAS picks different kernels for the batched and the single products: float32 rounding, not 1e-5
         np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-4, atol=1e-4)

@@ -8,8 +8,8 @@ import torch
 
 from mupdsl.compile.stacked import FlatStack, NotStackable, StackedOptimizer
 from mupdsl.sweep import ExperimentError, load_experiment, plan_trials, run
-from mupdsl.sweep.grouped import compile_member, run_group
-from mupdsl.sweep.run import run_trial
+from mupdsl.sweep.trial import compile_member, train_group
+from mupdsl.sweep.trial import train_alone
 
 TINY = """
 name = "tiny"
@@ -38,15 +38,15 @@ def experiment(tmp_path, optimizer, extra=""):
 
 @pytest.mark.parametrize("optimizer", ["signsgd", "lion"])
 def test_grouped_equals_one_at_a_time(tmp_path, optimizer):
-    from mupdsl.sweep.run import _data
+    from mupdsl.sweep.trial import experiment_data
 
     exp = experiment(tmp_path, optimizer)
-    data = _data(exp)
+    data = experiment_data(exp)
     trials = plan_trials(exp)
     assert len(trials) == 4
     cpu = torch.device("cpu")
-    for trial, (status, curves, final, final_eval) in zip(trials, run_group(exp, trials, data, cpu)):
-        s, c, f, e = run_trial(exp, trial, data, cpu)
+    for trial, (status, curves, final, final_eval) in zip(trials, train_group(exp, trials, data, cpu)):
+        s, c, f, e = train_alone(exp, trial, data, cpu)
         assert status == s == "done"
         np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(curves["eval_loss"], c["eval_loss"], rtol=1e-5, atol=1e-6)

@@ -378,3 +378,44 @@ def test_lanczos_names_a_non_finite_operator_and_handles_degenerate_spectra():
         lanczos(lambda x: x * float("nan"), 20)
     eigen = lanczos(lambda x: 0.125 * x, 300, dtype=torch.float64)   # every eigenvalue equal: one step, exact
     assert eigen.top == pytest.approx(0.125) and eigen.hvps == 1 and eigen.converged
+
+
+def test_a_warm_start_on_an_overtaken_direction_still_finds_the_top():
+    """Started on last step's top eigenvector, which is still an eigenvector but no longer the largest (the
+    eigenvalues crossed), the first Ritz pair has residual ≈ 0; the warm-start rule (a minimum Krylov dimension and
+    a real random part) finds the new top instead of accepting it."""
+    from mupdsl.measure.lanczos import WARM_MIN_STEPS, lanczos
+
+    torch.manual_seed(0)
+    spectrum = torch.rand(2000, dtype=torch.float64) * 0.9
+    spectrum[5], spectrum[17] = 1.0, 1.2
+    previous = torch.zeros(2000, dtype=torch.float64)
+    previous[5] = 1.0
+    eigen = lanczos(lambda v: spectrum * v, 2000, tol=1e-3, start=previous, dtype=torch.float64)
+    assert eigen.top == pytest.approx(1.2, rel=1e-3) and eigen.hvps >= WARM_MIN_STEPS
+    settled = lanczos(lambda v: spectrum * v, 2000, tol=1e-3, start=eigen.vectors, dtype=torch.float64)
+    assert settled.top == pytest.approx(1.2, rel=1e-3) and settled.hvps == WARM_MIN_STEPS   # cheap when unmoved
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_top_k_finds_every_copy_of_a_repeated_eigenvalue(batched):
+    """One Krylov vector per distinct eigenvalue: a single-vector Lanczos returns diag(2,2,2,1,…)'s top-2 as
+    [2, 1]; the deflation check adds the hidden copies (and costs its HVPs), against a dense eigvalsh."""
+    from mupdsl.measure.lanczos import lanczos, lanczos_batched
+
+    torch.manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.float64))
+    spectrum = torch.cat([torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64), torch.linspace(-1, 0.5, 56)])
+    A = Q @ torch.diag(spectrum) @ Q.T
+    dense = torch.linalg.eigvalsh(A).flip(0)
+    if batched:
+        B = torch.stack([A, 2 * A])
+        found = lanczos_batched(lambda V, m: torch.bmm(B[m], V.unsqueeze(-1)).squeeze(-1), 2, 60, k=4, tol=1e-9,
+                                dtype=torch.float64)
+        assert found[1].values == pytest.approx((2 * dense[:4]).tolist(), rel=1e-7)
+        eigen = found[0]
+    else:
+        eigen = lanczos(lambda v: A @ v, 60, k=4, tol=1e-9, dtype=torch.float64)
+    assert eigen.values == pytest.approx(dense[:4].tolist(), rel=1e-7)      # [2, 2, 2, 1]
+    for value, vector in zip(eigen.values, eigen.vectors):
+        assert torch.linalg.vector_norm(A @ vector - value * vector) < 1e-6

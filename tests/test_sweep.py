@@ -142,26 +142,25 @@ def test_grouped_equals_one_at_a_time(tmp_path, monkeypatch, optimizer):
     import numpy as np
     import torch
 
-    from mupdsl.sweep import grouped
-    from mupdsl.sweep.grouped import run_group
-    from mupdsl.sweep.run import _data, run_trial
+    from mupdsl.sweep import measuring
+    from mupdsl.sweep.trial import experiment_data, train_alone, train_group
 
     def no_fallback(*args, **kwargs):
         raise AssertionError("the group measured member by member")
 
-    monkeypatch.setattr(grouped, "measure", no_fallback)
+    monkeypatch.setattr(measuring, "measure", no_fallback)
     text = TINY.replace("steps = 15", "steps = 20").replace('optimizer = "sgd"', "")
     text = text.replace("batch_size = 32\n", "batch_size = 32\ntrace_samples = 4\ndirectional = true\nntk = true\n")
     text = text.replace('dataset = "teacher"', f'dataset = "teacher"\noptimizer = "{optimizer}"\nseeds = [0, 1]')
     if optimizer == "adam":
         text = text.replace("[0.05, 0.2, 0.8]", "[0.001, 0.01, 0.05]")
     exp = load_experiment(write(tmp_path, text))
-    data = _data(exp)
+    data = experiment_data(exp)
     group = [t for t in plan_trials(exp) if t["spec"] == "mup" and t["width"] == 32]
     assert len(group) == 6
-    grouped = run_group(exp, group, data, torch.device("cpu"))
+    grouped = train_group(exp, group, data, torch.device("cpu"))
     for trial, (status, curves, final, _) in zip(group, grouped):
-        s, c, f, _ = run_trial(exp, trial, data, torch.device("cpu"))
+        s, c, f, _ = train_alone(exp, trial, data, torch.device("cpu"))
         assert status == s
         np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(curves["sharpness"], c["sharpness"], rtol=1e-3)
@@ -273,24 +272,23 @@ def test_text_dataset_trains_a_gpt_grouped_and_alone(tmp_path):
     import torch
 
     from mupdsl.data import DataMissing
-    from mupdsl.sweep.grouped import run_group
-    from mupdsl.sweep.run import _data, run_trial
+    from mupdsl.sweep.trial import experiment_data, train_alone, train_group
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
     text = TINY.replace('dataset = "teacher"', f'dataset = "text"\ntext_file = "{corpus}"\ncontext = 8')
     text = text.replace('model = "mupdsl.models.mlp"', 'model = "mupdsl.models.gpt"').replace("[16, 32]", "[16]")
     exp = load_experiment(write(tmp_path, text.replace("steps = 15", "steps = 6")))
-    data = _data(exp)
+    data = experiment_data(exp)
     assert data[0].dtype == torch.long and data[0].shape[1] == 8 and data[1].shape == data[0].shape
     group = [t for t in plan_trials(exp) if t["spec"] == "mup"]
-    for trial, (status, curves, _, _) in zip(group, run_group(exp, group, data, torch.device("cpu"))):
-        s, c, _, _ = run_trial(exp, trial, data, torch.device("cpu"))
+    for trial, (status, curves, _, _) in zip(group, train_group(exp, group, data, torch.device("cpu"))):
+        s, c, _, _ = train_alone(exp, trial, data, torch.device("cpu"))
         assert status == s
         np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-5)
     missing = load_experiment(write(tmp_path, text.replace(str(corpus), str(tmp_path / "nope.txt")), "m.toml"))
     with pytest.raises(DataMissing, match="nope.txt"):
-        _data(missing)
+        experiment_data(missing)
 
 
 def test_depth_sweep_compares_across_depth(tmp_path):
@@ -310,7 +308,7 @@ def test_threads_are_pinned_for_the_run_and_restored():
 
     import torch
 
-    from mupdsl.sweep.run import pinned_threads
+    from mupdsl.sweep.trial import pinned_threads
 
     before = torch.get_num_threads()
     with pinned_threads(1) as n:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from typing import Any, Callable, Mapping
 
@@ -17,7 +18,7 @@ from .analyze import normalized as _normalized
 from .compiled import CompiledModel
 from .errors import CompileError
 from .factory import ModelFactory, load_factory
-from .init_record import build_recording_stds
+from .init_record import build_recording_stds, preserved_rng
 from .own_init import record_build, record_own_init
 from .pipeline import apply_plan_to, inputs_of, keep_std, moved, refuse
 
@@ -64,7 +65,7 @@ def compile_model(spec: Spec | str, model: str | Callable[..., nn.Module] | Mode
     if width <= 0 or base_width <= 0:
         raise CompileError(f"widths must be positive (width {width}, base width {base_width})")
     meta = device is not None and torch.device(device).type == "meta"
-    with torch.random.fork_rng(devices=[]):
+    with preserved_rng():
         torch.manual_seed(seed)
         if meta:   # the build's own init calls are the record (an init in __init__ included)
             with torch.device("meta"):
@@ -237,7 +238,9 @@ def _infer_depth(model: nn.Module, base: nn.Module) -> tuple[int, int, str]:
                                      "(pass depth= and base_depth= to set them)")
 
 
-_BASE_STDS: dict[tuple, dict[str, float | None]] = {}
+_BASE_STDS: "weakref.WeakKeyDictionary[Any, dict[tuple, dict[str, float | None]]]" = weakref.WeakKeyDictionary()
+"""Init stds at the base size, per builder object (not its id(), which a new object can reuse): a sweep compiles
+many widths on one base; an edited model file is a new module, hence a new builder."""
 _REFERENCES: dict[tuple, tuple[nn.Module, nn.Module]] = {}
 
 
@@ -278,15 +281,17 @@ def by_pattern(stds: dict[str, float | None], names: list[str], fallback: dict[s
 def _base_stds(factory: ModelFactory, base_width: int, depth: int | None, seed: int) -> dict[str, float | None]:
     """Init stds of the model at the base width and depth; cached, since a sweep compiles many widths on one
     base."""
-    key = (factory.source, id(factory.builder), base_width, depth)
-    if key not in _BASE_STDS:
-        with torch.random.fork_rng(devices=[]):
+    try:
+        per_builder = _BASE_STDS.setdefault(factory.builder, {})
+    except TypeError:       # a builder that cannot be weakly referenced: measured each time
+        per_builder = {}
+    key = (base_width, depth)
+    if key not in per_builder:
+        with preserved_rng():
             torch.manual_seed(seed)
             _, stds, _ = build_recording_stds(lambda: factory.build(base_width, depth))
-        if len(_BASE_STDS) > 64:
-            _BASE_STDS.clear()
-        _BASE_STDS[key] = stds
-    return _BASE_STDS[key]
+        per_builder[key] = stds
+    return per_builder[key]
 
 
 class _nullcontext:

@@ -14,6 +14,7 @@ from .checks import verify_carried
 from .errors import CompileError
 from .factory import ModelFactory
 from .graph import copy_graph_module, record_values
+from .init_record import preserved_rng
 from .init_record import InitReplay
 from .initialize import initialize, optimizer_for, param_groups
 from .plan import Plan, plan_differences
@@ -74,8 +75,7 @@ class CompiledModel:
         init calls replayed in place where they can be, else the model built again and its weights copied."""
         net = self.plan.network
         factory = factory or self.factory
-        state = torch.random.get_rng_state()
-        try:
+        with preserved_rng():
             torch.manual_seed(seed)
             if self.init_replay is not None:
                 self.init_replay(self.model)
@@ -84,8 +84,6 @@ class CompiledModel:
                 with torch.no_grad():
                     for name, p in fresh.named_parameters():
                         self.model.get_parameter(name).copy_(p)
-        finally:
-            torch.random.set_rng_state(state)
         initialize(self.model, self.plan, seed)
         self.reset_center()
         return self

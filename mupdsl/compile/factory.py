@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -71,7 +72,10 @@ def positional(inputs) -> tuple:
 
 
 def _import_path(path: Path) -> ModuleType:
-    name = f"mupdsl_model_{abs(hash(str(path.resolve())))}"
+    """The model file as a module, imported once per content: an edited file (a notebook, a long-lived process) is
+    imported again under a new name, never served stale."""
+    digest = hashlib.sha256(str(path.resolve()).encode() + b"\0" + path.read_bytes()).hexdigest()[:20]
+    name = f"mupdsl_model_{digest}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

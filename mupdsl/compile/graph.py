@@ -160,7 +160,7 @@ def output_paths(gm: fx.GraphModule, node: fx.Node) -> list[tuple]:
 
 def prediction_node(gm: fx.GraphModule) -> fx.Node | None:
     """The node of the model's prediction in its output: the output itself when it is one tensor, the ``logits``
-    entry of a dict or HuggingFace output, else the first element (as :func:`mupdsl.measure.losses.logits_of`
+    entry of a dict or HuggingFace output, else the first element (as :func:`mupdsl.train.losses.logits_of`
     reads it)."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
     info = getattr(gm.graph._codegen, "pytree_info", None)

@@ -16,6 +16,8 @@ slice, a parameter computed from another) has no replay; it is built again inste
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -256,3 +258,10 @@ def build_recording_stds(build: Callable[[], nn.Module]
             std = float(p.detach().double().std()) if p.numel() > 1 else 0.0
         stds[name] = std
     return model, stds, recorder.replay(model)
+
+
+def preserved_rng() -> contextlib.AbstractContextManager:
+    """A block whose seeding leaves the caller's random state as it found it: torch's CPU generator and, where CUDA
+    is available, every CUDA device's (``torch.manual_seed`` seeds them all)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=devices)

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 
 from ..compile import CompiledModel, compile_model, load_factory
-from ..compile.init_record import storage_pointer
+from ..compile.init_record import preserved_rng
+from ..compile.stacked import FlatStack
 from ..spec import Spec, apply_overrides, load_spec
-from .losses import logits_of, task_loss
+from ..train import ModuleReplica, Schedule, StackedReplicas, train
+from ..train.losses import logits_of
 from .taps import INPUT_PART, WEIGHT_PART, ModuleTaps, is_part, tap_points
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.005, "adamw": 0.005, "signsgd": 0.005, "lion": 0.005, "adafactor": 0.05,
@@ -109,8 +111,9 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
     device = _device(device)
     if batched_seeds is None:
         batched_seeds = device is not None and device.type == "cuda"
-    torch.manual_seed(1234)
-    inputs, targets = _batch(factory, data, batch_size)
+    with preserved_rng():      # the same batch every call; the caller's random state untouched
+        torch.manual_seed(1234)
+        inputs, targets = _batch(factory, data, batch_size)
     if device is not None:
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
         targets = targets.to(device)
@@ -245,69 +248,52 @@ def _wide(value: torch.Tensor) -> torch.Tensor:
     return value.detach().float() if value.element_size() < 4 else value.detach()
 
 
+def _train(replicas: ModuleReplica | StackedReplicas, taps: ModuleTaps, seeds: list[int], steps: int, inputs,
+           targets, width: int) -> list[dict[str, Any]]:
+    """``steps`` steps of the plan's optimizer on the fixed batch (the seeds as the replicas' members), the tapped
+    values of every forward — and of one more after the last step — fed to the statistics."""
+    statistics = _Statistics(width, seeds)
+
+    def forward(call, params, *x):
+        out, values = taps.run(call, *x, params=params)
+        return logits_of(out), values
+
+    def record(step: int, outputs) -> None:
+        logits, values = outputs
+        # a recorded value can be a parameter (a module returning its table) that the optimizer updates in place
+        statistics.add({key: value.detach().clone() if replicas.holds(value) else value.detach()
+                        for key, value in {**values, "output": logits}.items()})
+
+    train(replicas, lambda step: (inputs, targets, True), Schedule(steps), forward=forward, diverge_factor=None,
+          on_outputs=record, final_outputs=True)
+    return statistics.records()
+
+
 def _train_one(compiled: CompiledModel, taps: ModuleTaps, seed: int, steps: int, inputs, targets, width: int
                ) -> list[dict[str, Any]]:
-    opt = compiled.optimizer()
-    named = dict(compiled.model.named_parameters())
-    weights = {storage_pointer(p) for p in compiled.model.parameters()}
-    statistics = _Statistics(width, [seed])
     taps.start()
-    for step in range(steps + 1):
-        with torch.set_grad_enabled(step < steps):  # the last state is only looked at
-            out, values = taps.run(compiled.model, *inputs, params=named)
-        values["output"] = logits_of(out).detach()
-        # a recorded value can be a parameter (a module returning its table) that the optimizer updates in place
-        statistics.add({key: (value.clone() if storage_pointer(value) in weights else value).unsqueeze(0)
-                        for key, value in values.items()})
-        if step == steps:
-            break
-        loss = task_loss(out, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return statistics.records()
+    return _train(ModuleReplica(compiled), taps, [seed], steps, inputs, targets, width)
 
 
 def _train_together(compiled: CompiledModel, taps: ModuleTaps, factory, seeds: list[int], steps: int, inputs,
                     targets, width: int) -> list[dict[str, Any]]:
     """The seeds of one width as one vmapped model on a (seeds, P) buffer, with the plan's optimizer applied to
     the whole buffer (:mod:`mupdsl.compile.stacked`): the records :func:`_train_one` would give, seed by seed."""
-    from torch.func import functional_call, vmap  # noqa: PLC0415
-
-    from ..compile.stacked import FlatStack, StackedOptimizer  # noqa: PLC0415
-
     stack = FlatStack.of(compiled)
     rows = []
     for seed in seeds:
         if seed != seeds[0]:
             compiled.reinitialize(seed, factory)
         rows.append(stack.flat([compiled]))
-    flat = torch.cat(rows)
-    opt = StackedOptimizer(stack, [compiled] * len(seeds), flat)
-    model = compiled.model
+    replicas = StackedReplicas([compiled] * len(seeds), randomness="different", flat=torch.cat(rows))
     taps.split_readouts = False   # the step-0 tensors of a readout cannot be kept across vmapped calls
-    forward = vmap(lambda p, *x: taps.run(lambda *y: functional_call(model, p, y), *x, params=p),
-                   in_dims=(0,) + (None,) * len(inputs), randomness="different")
-    loss_of = vmap(lambda out: task_loss(out, targets))
-    statistics = _Statistics(width, seeds)
-    for step in range(steps + 1):
-        live = flat.detach().requires_grad_(step < steps)
-        with torch.set_grad_enabled(step < steps), warnings.catch_warnings():
+    try:
+        with warnings.catch_warnings():
             # ops without a batching rule (fused attention on CPU) run member by member: correct, only slower
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            out, taps_values = forward(stack.views(live), *inputs)
-        logits = logits_of(out)
-        values = {**taps_values, "output": logits}
-        # a recorded weight is a view of the buffer the optimizer updates in place: copied
-        buffer = storage_pointer(flat)
-        statistics.add({key: value.detach().clone() if storage_pointer(value) == buffer else value.detach()
-                        for key, value in values.items()})
-        if step == steps:
-            break
-        (grad,) = torch.autograd.grad(loss_of(logits).sum(), live)
-        flat = opt.step(flat, grad)
-    taps.split_readouts = True
-    return statistics.records()
+            return _train(replicas, taps, seeds, steps, inputs, targets, width)
+    finally:
+        taps.split_readouts = True
 
 
 def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:

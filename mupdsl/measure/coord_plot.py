@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 import numpy as np  # noqa: E402
 
 from .taps import is_part  # noqa: E402
@@ -18,10 +16,11 @@ MAX_LINES = 12
 
 def plot_coordcheck(result, path: str | os.PathLike) -> None:
     steps = result.steps
-    fig, axes = plt.subplots(1, steps + 1, figsize=(3.4 * (steps + 1), 3.6), sharex=True, squeeze=False)
+    fig = Figure(figsize=(3.4 * (steps + 1), 3.6))
+    axes = fig.subplots(1, steps + 1, sharex=True, squeeze=False)
     slopes = {(s["key"], s["step"], s["quantity"]): s for s in result.slopes}
     failing = {(f["key"], f["step"]) for f in result.failures}
-    palette = plt.get_cmap("tab20")
+    palette = matplotlib.colormaps["tab20"]
     colors = {key: palette(i % 20) for i, key in enumerate(sorted({k for (k, _, _) in slopes}))}
     for step, ax in enumerate(axes[0]):
         quantity = "rms" if step == 0 else "delta_rms"
@@ -48,4 +47,3 @@ def plot_coordcheck(result, path: str | os.PathLike) -> None:
                  f"{result.verdict} (dashed: failing; legend: slope of log RMS vs log width)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)

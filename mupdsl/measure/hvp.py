@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from .losses import logits_of, task_loss
+from ..train.losses import logits_of, task_loss
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 

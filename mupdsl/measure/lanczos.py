@@ -18,6 +18,13 @@ from typing import Callable, Sequence
 
 import torch
 
+WARM_NOISE = 0.1
+"""The random part of a warm start, relative to the previous vectors: enough that a direction which has overtaken
+the previous top one is in the Krylov space within :data:`WARM_MIN_STEPS` steps (tested on a crossing)."""
+WARM_MIN_STEPS = 6
+"""A warm-started run is not accepted before this Krylov dimension: started on a vector that is still an
+eigenvector, the first Ritz pair has a tiny residual even when another eigenvalue has become the largest."""
+
 BatchedOperator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``op(V, members)``: row i of the result is ``A_{members[i]} V[i]``."""
 
@@ -43,7 +50,7 @@ def _start_vector(start: torch.Tensor | Sequence[torch.Tensor] | None, noise: to
     else:
         starts = start if isinstance(start, (list, tuple)) else [start]
         q = sum(s.to(noise) / (s.norm() + 1e-30) for s in starts)
-        q = q + 1e-3 * noise / noise.norm()  # keeps every direction reachable
+        q = q / q.norm() + WARM_NOISE * noise / noise.norm()  # keeps every direction reachable
     return q / q.norm()
 
 
@@ -63,7 +70,8 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 1, *,
 
 def lanczos_batched(op: BatchedOperator, count: int, dim: int, k: int = 1, *, tol: float = 1e-3,
                     max_iter: int = 200, starts: Sequence | None = None, seed: int = 0,
-                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[Eigen]:
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                    multiplicity_check: bool = True) -> list[Eigen]:
     """Top-``k`` algebraic eigenpairs of each of ``count`` symmetric operators on R^dim (same rule as
     :func:`lanczos`, member by member). ``starts[i]``: member i's warm start (or None). Every member's random
     part is the same vector (drawn from ``seed``), so a member's answer does not depend on its batch-mates."""
@@ -71,6 +79,7 @@ def lanczos_batched(op: BatchedOperator, count: int, dim: int, k: int = 1, *, to
     g = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(dim, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     starts = list(starts) if starts is not None else [None] * count
+    warm = torch.tensor([s is not None for s in starts])
     steps = min(max_iter, dim)
     capacity = min(steps + 1, 16)  # the basis grows by doubling: most warm-started runs stop within a few steps
     Q = torch.empty(count, capacity, dim, device=device, dtype=dtype)  # Q[i, j]: member i's j-th Lanczos vector
@@ -99,7 +108,8 @@ def lanczos_batched(op: BatchedOperator, count: int, dim: int, k: int = 1, *, to
         m = min(k, j + 1)
         residuals = (beta.unsqueeze(-1) * S[:, -1, :m]).abs()
         scale = theta[:, 0].abs().clamp_min(1e-12)
-        done = ((j + 1 >= k) & (residuals <= tol * scale.unsqueeze(-1)).all(-1))
+        least = torch.where(warm, max(k, min(WARM_MIN_STEPS, steps)), k)
+        done = ((j + 1 >= least) & (residuals <= tol * scale.unsqueeze(-1)).all(-1))
         invariant = beta <= 1e-10 * scale  # an invariant subspace: the Ritz values are exact
         finished = done | invariant | torch.tensor(j + 1 == steps)
         for i in torch.nonzero(finished).flatten().tolist():
@@ -113,11 +123,45 @@ def lanczos_batched(op: BatchedOperator, count: int, dim: int, k: int = 1, *, to
         if not keep.all():
             idx = torch.nonzero(keep).flatten()
             Q, W, beta = Q[idx.to(device)], W[idx.to(device)], beta[idx]
-            alphas, betas, active = alphas[idx], betas[idx], active[idx]
+            alphas, betas, active, warm = alphas[idx], betas[idx], active[idx], warm[idx]
         betas[:, j] = beta
         if j + 1 >= Q.shape[1]:
             grown = torch.empty(Q.shape[0], min(steps + 1, 2 * Q.shape[1]), dim, device=device, dtype=dtype)
             grown[:, : Q.shape[1]] = Q
             Q = grown
         Q[:, j + 1] = W / beta.to(device=device, dtype=dtype).unsqueeze(-1)
+    if k > 1 and multiplicity_check:
+        _add_hidden_copies(op, results, dim, k, tol=tol, max_iter=max_iter, noise=noise)
     return results  # type: ignore[return-value]
+
+
+def _add_hidden_copies(op: BatchedOperator, results: list[Eigen], dim: int, k: int, *, tol: float, max_iter: int,
+                       noise: torch.Tensor) -> None:
+    """A single-vector Krylov space holds one vector per distinct eigenvalue, so one Lanczos run returns one copy
+    of a repeated eigenvalue (diag(2, 2, 2, 1) gives top-2 [2, 1]). Each member is checked on its operator with the
+    vectors found moved out of the way, P A P − c V Vᵀ (P = I − V Vᵀ, c above the spectrum's top), from a fresh
+    start: any Ritz value above the k-th found joins the list; repeated until none does (at most k rounds). Only
+    for k > 1; costs the HVPs of the checks (counted)."""
+    for round_ in range(k):
+        bases = [torch.linalg.qr(torch.stack(r.vectors, dim=1))[0] for r in results]
+        shifts = torch.tensor([2 * abs(r.values[0]) + 1.0 for r in results], device=noise.device, dtype=noise.dtype)
+
+        def deflated(V: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+            P = torch.stack([bases[int(i)] for i in members.cpu()])
+            inside = torch.bmm(P.transpose(1, 2), V.unsqueeze(-1))
+            W = op(V - torch.bmm(P, inside).squeeze(-1), members)
+            W = W - torch.bmm(P, torch.bmm(P.transpose(1, 2), W.unsqueeze(-1))).squeeze(-1)
+            return W - shifts[members.to(shifts.device)].unsqueeze(-1) * torch.bmm(P, inside).squeeze(-1)
+
+        found = lanczos_batched(deflated, len(results), dim, k, tol=tol, max_iter=max_iter, seed=round_ + 1,
+                                device=noise.device, dtype=noise.dtype, multiplicity_check=False) if dim > k else []
+        changed = False
+        for r, extra in zip(results, found):
+            r.hvps += extra.hvps
+            pairs = sorted(zip(r.values + extra.values, r.vectors + extra.vectors, r.residuals + extra.residuals),
+                           key=lambda p: -p[0])[:k]
+            if [p[0] for p in pairs] != r.values:
+                changed = True
+                r.values, r.vectors, r.residuals = (list(x) for x in zip(*pairs))
+        if not changed:
+            return

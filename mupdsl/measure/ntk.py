@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from .hvp import Batch, measuring
-from .losses import logits_of
+from ..train.losses import logits_of
 
 
 def jacobian(model: nn.Module, batch: Batch, names: list[str], mode: str = "eval") -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import fx, nn
 from ..compile import CompiledModel
 from ..compile import ops
 from ..compile.graph import KNOWN_NORMS, module_of, module_returning
-from .losses import logits_of
+from ..train.losses import logits_of
 
 _AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
                         operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,

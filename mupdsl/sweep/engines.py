@@ -23,6 +23,7 @@ import numpy as np
 
 from .experiment import Experiment
 from .store import Store
+from .trial import experiment_data, experiment_device, pinned_threads, run_members
 
 
 class EngineRefused(ValueError):
@@ -42,12 +43,10 @@ def engine_problem(exp: Experiment, engine: str) -> str | None:
 
 def _shard_task(exp_json: str, groups: list[list[dict[str, Any]]], shard_dir: str) -> int:
     """One array task: run its groups into its own store; returns the number of trials it recorded."""
-    from .run import _data, _device, pinned_threads  # noqa: PLC0415
-
     exp = Experiment.model_validate_json(exp_json)
     store = Store(shard_dir)
     done = store.done_ids()
-    data, device = _data(exp), _device(exp)
+    data, device = experiment_data(exp), experiment_device(exp)
     with pinned_threads(exp.threads):  # Slurm narrows the task's affinity to its cores
         count = _run_shard(exp, groups, data, device, store, done)
     store.close()
@@ -56,15 +55,13 @@ def _shard_task(exp_json: str, groups: list[list[dict[str, Any]]], shard_dir: st
 
 def _run_shard(exp: Experiment, groups, data, device, store: Store, done: set[str]) -> int:
     """The shard's groups, minus what its store already holds (a resubmitted task resumes)."""
-    from .run import _run_members  # noqa: PLC0415
-
     count = 0
     for members in groups:
         todo = [t for t in members if t["id"] not in done]
         if not todo:
             continue
         for trial, (status, curves, final, final_eval, error, seconds) in zip(
-                todo, _run_members(exp, todo, data, device, lambda _: None)):
+                todo, run_members(exp, todo, data, device, lambda _: None)):
             store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error,
                          seconds=seconds)
             count += 1
@@ -113,11 +110,10 @@ def run_slurm(exp: Experiment, groups: list[list[dict[str, Any]]], out: Path, st
 
 def _group_task(exp_json: str, members: list[dict[str, Any]]) -> list[tuple]:
     """One Ray task: train a group; returns its outcomes (status, curves, final, final_eval, error, seconds)."""
-    from .run import _data, _device, _run_members, pinned_threads  # noqa: PLC0415
 
     exp = Experiment.model_validate_json(exp_json)
     with pinned_threads(exp.threads or max(1, int(ray_cpus()))):  # the task's share, not the node's cores
-        return _run_members(exp, members, _data(exp), _device(exp), lambda _: None)
+        return run_members(exp, members, experiment_data(exp), experiment_device(exp), lambda _: None)
 
 
 def ray_cpus() -> float:

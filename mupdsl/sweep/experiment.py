@@ -223,6 +223,12 @@ class Experiment(BaseModel):
     steps: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     warmup: int = Field(0, ge=0)
+    """Steps of linear warm-up: the rates rise as (t+1)/warmup × their planned values."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """After the warm-up: constant rates, or a cosine / linear decay to ``decay_to`` × the peak at the last step
+    (:class:`mupdsl.train.Schedule`). The sharpness is compared with the EoS line of the rate in force."""
+    decay_to: float = Field(0.0, ge=0.0, le=1.0)
+    """The end of a cosine or linear decay, as a fraction of the peak rate."""
     ungated: list[str] = []
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
@@ -231,7 +237,7 @@ class Experiment(BaseModel):
     """Intra-op threads of each worker (default: the cores this process may run on — its CPU affinity, which
     Slurm and containers narrow — not the machine's count, which would oversubscribe them)."""
     group: bool = True
-    """Train the trials of one (spec, width, γ) as one vmapped model (see sweep/grouped.py)."""
+    """Train the trials of one (spec, width, γ) as one vmapped model (see sweep/trial.py)."""
     measure: Measure = Measure()
     num_samples: int = Field(4000, ge=100)
 
@@ -357,6 +363,11 @@ class Experiment(BaseModel):
         unknown = set(self.ungated) - set(self.specs)
         if unknown:
             raise ValueError(f"ungated names specs that are not in specs: {', '.join(sorted(unknown))}")
+        if self.warmup >= self.steps and self.warmup:
+            raise ValueError(f"warmup ({self.warmup} steps) must be shorter than the run (steps = {self.steps})")
+        if self.decay_to and self.schedule == "constant":
+            raise ValueError("decay_to sets the end of a decay: give schedule = \"cosine\" or \"linear\" (or remove "
+                             "decay_to)")
         return self
 
     @field_validator("measure")
@@ -390,6 +401,7 @@ def small(exp: Experiment) -> Experiment:
     keep = lrs[:: max(1, len(lrs) // 4)][:5]
     return exp.model_copy(update={
         "widths": [w for w in exp.widths if w <= 128][:2] or [16, 32], "steps": min(exp.steps, 20),
+        "warmup": min(exp.warmup, 5),
         "lrs": keep, "seeds": exp.seeds[:1], "num_samples": min(exp.num_samples, 600),
         "gammas": sorted(sorted(exp.gammas, key=lambda g: abs(math.log(g)))[:3]),
         "coordcheck_widths": [64, 128, 256, 512], "measure": exp.measure.model_copy(update={

@@ -24,6 +24,8 @@ COORDINATES = frozenset({"specs", "widths", "depths", "lrs", "seeds", "gammas", 
 """Experiment keys that enter a trial's key as its own value (resolved: the base width defaults to the smallest)."""
 NO_EFFECT = frozenset({"name", "ungated", "device", "threads", "group", "data_verify", "coordcheck_widths"})
 """Experiment keys that do not change a trial's result (``coordcheck_widths`` is in the gate's key)."""
+SILENT_AT_DEFAULT = {"schedule": "constant", "decay_to": 0.0}
+"""Keys added after stores were written: at their default they stay out of the key, so those trials keep their ids."""
 DATASET_ARGS = {"text": ("text_file", "context"), "cifar10": ("data_root",), "linear": ("input_dim",)}
 """The keys that matter only to one dataset."""
 
@@ -76,7 +78,8 @@ def result_settings(exp: Experiment, taken: set[str]) -> dict[str, Any]:
     """Every experiment key that changes a result and is not already in the trial (``taken``)."""
     dataset_only = {k for keys in DATASET_ARGS.values() for k in keys}
     skip = COORDINATES | NO_EFFECT | dataset_only | taken
-    return {k: v for k, v in exp.model_dump(mode="json").items() if k not in skip}
+    return {k: v for k, v in exp.model_dump(mode="json").items()
+            if k not in skip and not (k in SILENT_AT_DEFAULT and v == SILENT_AT_DEFAULT[k])}
 
 
 def plan_trials(exp: Experiment) -> list[dict[str, Any]]:

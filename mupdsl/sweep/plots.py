@@ -9,9 +9,7 @@ import re
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 import numpy as np  # noqa: E402
 
 
@@ -27,13 +25,14 @@ def figure_slug(spec: str) -> str:
 
 def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Path, size: str = "width") -> Path:
     widths = sorted({t[size] for t in trials})
-    colors = {w: plt.get_cmap("viridis")(i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
+    colors = {w: matplotlib.colormaps["viridis"](i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
     star = analysis["eta_star"]
     base = widths[0]
     lrs = sorted({t["lr"] for t in trials})
     shown_lr = min(lrs, key=lambda lr: abs(math.log(lr) - math.log(star[base]))) if _finite(star.get(base)) \
         else lrs[0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     for w in widths:
         pick = [t for t in trials if t[size] == w and t["lr"] == shown_lr and t["status"] != "crashed"]
         if pick:
@@ -42,7 +41,10 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
                 axes[0].plot(c["sharp_step"], c["sharpness"], marker="o", ms=3, color=colors[w], label=f"{size} {w}")
             if len(c.get("loss", [])):
                 axes[1].plot(np.arange(len(c["loss"])), c["loss"], color=colors[w], lw=1, label=f"{size} {w}")
-            if "eos" in c:
+            line = c.get("eos_line", [])
+            if len(line) and len(set(np.round(line, 12))) > 1 and len(line) == len(c["sharp_step"]):
+                axes[0].plot(c["sharp_step"], line, ls="--", color=colors[w], lw=1)   # the rate in force moves
+            elif "eos" in c:
                 axes[0].axhline(float(c["eos"][0]), ls="--", color="gray", lw=1)
         xs = sorted(analysis["losses"].get(w, {}))
         ys = [analysis["losses"][w][lr] for lr in xs]
@@ -66,7 +68,6 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     fig.suptitle(spec, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -75,7 +76,8 @@ def _finite(value) -> bool:
 
 
 def consistency_figure(spec: str, fits: dict, path: Path, what: str = "sharpness") -> Path:
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    fig = Figure(figsize=(4.8, 3.6))
+    ax = fig.subplots()
     for width, f in sorted(fits.items()):
         line = ax.loglog(f["t"], np.where(f["g"] > 0, f["g"], np.nan), marker="o", ms=3,
                          label=f"width {width}" + (f": β = {f['beta']:.2f}" if f["beta"] is not None else ""))
@@ -87,12 +89,12 @@ def consistency_figure(spec: str, fits: dict, path: Path, what: str = "sharpness
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def phase_figure(spec: str, portrait: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.2, 4))
+    fig = Figure(figsize=(5.2, 4))
+    ax = fig.subplots()
     loss = np.where(np.isfinite(portrait["loss"]), portrait["loss"], np.nan)
     mesh = ax.pcolormesh(portrait["lrs"], portrait["gammas"], loss, shading="nearest", cmap="viridis")
     ax.plot(portrait["eta_star"], portrait["gammas"], "w*-", ms=8, label="η*")
@@ -107,5 +109,4 @@ def phase_figure(spec: str, portrait: dict, path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -24,7 +24,7 @@ from .keys import gate_keys, inputs_found, plan_trials
 from .store import Store
 from .workdir import read_record
 
-MEASURED = ("sharpness", "hvps", "trace", "trace_stderr", "directional", "ntk")
+MEASURED = ("sharpness", "hvps", "trace", "trace_stderr", "directional", "ntk", "floor_share", "eos_line")
 """Curves measured at the steps of ``sharp_step``."""
 
 
@@ -43,8 +43,8 @@ def plain(value: Any) -> Any:
 
 def curve_table(curves: dict[str, np.ndarray]) -> dict[str, dict[str, list]]:
     """Each stored curve with its steps: ``{name: {"step": [...], "value": [...]}}``. The training loss is per
-    step from 0, ``eval_loss`` at ``eval_step``, the measurements (sharpness, HVPs, trace, …) at ``sharp_step``;
-    the EoS threshold is left to the caller (a number, not a curve)."""
+    step from 0, ``eval_loss`` at ``eval_step``, the measurements (sharpness, HVPs, trace, ε-floor share, the EoS
+    line of the rate in force, …) at ``sharp_step``; the EoS threshold at the peak rate is left to the caller."""
     table = {}
     for name, values in curves.items():
         if name.endswith("_step") or name == "eos":

@@ -36,6 +36,21 @@ def task_loss(out: Any, targets: torch.Tensor, kind: str = "auto") -> torch.Tens
     return F.mse_loss(pred.reshape(targets.shape) if pred.numel() == targets.numel() else pred, targets)
 
 
+def member_losses(out: torch.Tensor, targets: torch.Tensor, kind: str = "auto", shared: bool = False
+                  ) -> torch.Tensor:
+    """(G,) mean losses of G members' predictions ``out`` (G, …) against ``targets`` — (G, …), or one set for all
+    members when ``shared``: :func:`task_loss` per member, in one batched call for classification."""
+    G = out.shape[0]
+    if kind == "auto":
+        kind = "mse" if targets.is_floating_point() else "ce"
+    rows_match = out[0].numel() // max(out.shape[-1], 1) == (targets if shared else targets[0]).numel()
+    if kind == "ce" and not targets.is_floating_point() and out.ndim == targets.ndim + 1 + shared and rows_match:
+        rows = (targets.expand(G, *targets.shape) if shared else targets).reshape(-1)
+        per = F.cross_entropy(out.reshape(-1, out.shape[-1]), rows, reduction="none")
+        return per.view(G, -1).mean(dim=1)
+    return torch.stack([task_loss(out[k], targets if shared else targets[k], kind) for k in range(G)])
+
+
 def _what(out: Any) -> str:
     if isinstance(out, torch.Tensor):
         return "its output"
