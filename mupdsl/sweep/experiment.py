@@ -37,6 +37,8 @@ MAX_GRID = 1000
 """A learning-rate grid (explicit, log or adaptive) has at most 1,000 values."""
 MAX_INT = 2**31 - 1
 """Sizes, counts and steps are at most 2^31 - 1."""
+MAX_PROBE = 2048
+"""Probe examples: each evaluation stores probe × classes logits and a probe × probe kernel per trial."""
 SEED_LIMIT = 2**63
 """Seeds are in [0, 2^63): they are stored as SQLite integers."""
 MAX_THREADS = 1024
@@ -141,11 +143,15 @@ class Measure(BaseModel):
     that the training batches never moved (v̂ ≤ ε²) off Adam's lr/ε floor."""
     floor_warn: float = Field(0.25, ge=0, le=1)
     """Adam(W): warn when more than this share of the top eigenvector lies on coordinates at the ε floor."""
+    probe: int = Field(0, ge=0)
+    """Test examples (the first ``probe``) on which each trial's logits and the kernel of its readout's input
+    features are recorded at every evaluation, for the consistency across widths of seed 004 (0: off)."""
 
-    @field_validator("sharpness_every", "top_k", "eval_every", "batch_size", "trace_samples")
+    @field_validator("sharpness_every", "top_k", "eval_every", "batch_size", "trace_samples", "probe")
     @classmethod
     def _bounded(cls, value: int, info) -> int:
-        limit = {"top_k": MAX_TOP_K, "trace_samples": MAX_TRACE_SAMPLES}.get(info.field_name, MAX_INT)
+        limit = {"top_k": MAX_TOP_K, "trace_samples": MAX_TRACE_SAMPLES, "probe": MAX_PROBE}.get(info.field_name,
+                                                                                                 MAX_INT)
         if value > limit:
             raise ValueError(f"{info.field_name} is at most {limit:,}")
         return value

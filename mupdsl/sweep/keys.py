@@ -82,6 +82,15 @@ def result_settings(exp: Experiment, taken: set[str]) -> dict[str, Any]:
             if k not in skip and not (k in SILENT_AT_DEFAULT and v == SILENT_AT_DEFAULT[k])}
 
 
+def measure_key(exp: Experiment) -> dict[str, Any]:
+    """The ``[measure]`` table as it enters a trial's key; ``probe`` only when on (stores from before it keep their
+    ids)."""
+    table = exp.measure.model_dump(mode="json")
+    if not table.get("probe"):
+        table.pop("probe", None)
+    return table
+
+
 def plan_trials(exp: Experiment) -> list[dict[str, Any]]:
     """Every (spec, width, depth, lr, seed, γ) with its id: a hash of everything that shapes its result."""
     trials = []
@@ -99,7 +108,7 @@ def plan_trials(exp: Experiment) -> list[dict[str, Any]]:
                                    base_width=exp.base_width or exp.widths[0], depth=depth,
                                    base_depth=base_depth, optimizer=exp.optimizer, lr=lr, seed=seed, gamma=gamma,
                                    gamma_name=exp.gamma_name, steps=exp.steps, batch_size=exp.batch_size,
-                                   warmup=exp.warmup, dtype=exp.dtype, measure=exp.measure.model_dump(mode="json"),
+                                   warmup=exp.warmup, dtype=exp.dtype, measure=measure_key(exp),
                                    num_samples=exp.num_samples, spec_sha=specs[spec], model_sha=model_sha,
                                    data=data)
                         key["settings"] = result_settings(exp, set(key))

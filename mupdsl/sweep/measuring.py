@@ -146,3 +146,62 @@ def _member(moments: AdamMoments, k: int) -> AdamMoments:
     """Member k's row of a group's Adam moments."""
     eps = moments.eps[k] if isinstance(moments.eps, torch.Tensor) else moments.eps
     return AdamMoments(moments.v[k], eps, moments.beta1, moments.beta2, moments.step)
+
+
+def readout_module(compiled) -> torch.nn.Linear | None:
+    """The ``nn.Linear`` that holds the plan's readout weight (role ``output``), whose input is the last hidden
+    representation; None when the readout is not such a module (e.g. a table tied into a functional readout)."""
+    for t in compiled.plan.tensors:
+        if t.role == "output" and t.name.endswith(".weight"):
+            owner = compiled.model.get_submodule(t.name.rsplit(".", 1)[0])
+            return owner if isinstance(owner, torch.nn.Linear) else None
+    return None
+
+
+@torch.no_grad()
+def feature_kernel(model: torch.nn.Module, readout: torch.nn.Linear, inputs: torch.Tensor) -> torch.Tensor | None:
+    """K = Φ Φᵀ / n of the readout's input features Φ (probe × n) on ``inputs`` (seed 004's feature kernel of the
+    last hidden layer); None when the readout is not called."""
+    seen: list[torch.Tensor] = []
+    handle = readout.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        model(inputs)
+    finally:
+        handle.remove()
+    if not seen:
+        return None
+    phi = seen[0].reshape(len(inputs), -1).double()
+    return phi @ phi.T / phi.shape[1]
+
+
+class ProbeRecorder:
+    """Seed 004's consistency observables at each evaluation: the logits on the first ``probe`` test examples and
+    the feature kernel of the readout's input there (per member: a vmapped group loads each member's weights into
+    its own compiled model for the kernel)."""
+
+    def __init__(self, count: int, replicas: ModuleReplica | StackedReplicas, x_test: torch.Tensor,
+                 y_test: torch.Tensor) -> None:
+        self.count, self.replicas = min(count, len(y_test)), replicas
+        self.inputs, self.targets = x_test[: self.count], y_test[: self.count]
+        self.stacked = isinstance(replicas, StackedReplicas)
+        compiled = replicas.members if self.stacked else [replicas.compiled]
+        self.readouts = [readout_module(c) for c in compiled]
+
+    def record(self, curves: list[dict[str, list]], outputs: torch.Tensor, alive: list[bool]) -> None:
+        """Append each live member's probe logits (from ``outputs``, the members' test-set predictions) and
+        feature kernel."""
+        if not self.count:
+            return
+        logits = outputs[:, : self.count].detach().double().cpu().numpy()
+        for k, on in enumerate(alive):
+            if not on:
+                continue
+            curves[k].setdefault("probe_logits", []).append(logits[k])
+            readout = self.readouts[k]
+            if readout is not None:
+                model = self.replicas.load(k) if self.stacked else self.replicas.model
+                kernel = feature_kernel(model, readout, self.inputs)
+                if kernel is not None:
+                    curves[k].setdefault("probe_kernel", []).append(kernel.cpu().numpy())
+            if "probe_targets" not in curves[k]:
+                curves[k]["probe_targets"] = self.targets.detach().cpu().double().numpy().tolist()

@@ -5,12 +5,12 @@ garbled are listed (a resumed sweep trains them again). Figures are named by a f
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from .analysis import MIN_SIZES, consistency, phase, transfer
+from .consistency import consistency_rates, width_consistency
 from .plots import consistency_figure, figure_slug, phase_figure, triptych
 from .results import current_trials, outcome_note, stale_note
 from .store import Store
@@ -109,21 +109,19 @@ def transfer_section(analysis: dict[str, dict], size: str = "width") -> list[str
 
 
 def _consistency_section(trials, analysis, store, out: Path, size: str = "width", curves_of=None) -> list[str]:
-    """Seed 002 Fig. 3: the sharpness curves' distance to the widest one at the base width's η*, with fits."""
+    """Seed 002 Fig. 3: the sharpness curves' distance to the widest one, with fits; seed 004: the loss curves',
+    logits' and feature kernels' distances to the widest network and the ensembles — at the rate nearest the
+    narrowest size's η*."""
     lines = []
-    for spec, a in sorted(analysis.items()):
+    curves_of = curves_of or store.curves
+    rates = consistency_rates(trials, analysis, size)
+    for spec, lr in sorted(rates.items()):
         rows = [t for t in trials if t["spec"] == spec and t["status"] == "done"]
-        widths = sorted({t[size] for t in rows})
-        base_star = a["eta_star"].get(widths[0]) if widths else None
-        if len(widths) < 2 or base_star is None or not math.isfinite(base_star):
-            continue
-        lrs = sorted({t["lr"] for t in rows})
-        lr = min(lrs, key=lambda v: abs(math.log(v) - math.log(base_star)))
         curves = {}
-        for w in widths:
+        for w in sorted({t[size] for t in rows}):
             pick = [t for t in rows if t[size] == w and t["lr"] == lr]
             if pick:
-                c = (curves_of or store.curves)(pick[0]["id"])
+                c = curves_of(pick[0]["id"])
                 if len(c.get("sharpness", [])) >= 2:
                     curves[w] = (np.asarray(c["sharp_step"]), np.asarray(c["sharpness"]))
         fits = consistency(curves)
@@ -134,4 +132,25 @@ def _consistency_section(trials, analysis, store, out: Path, size: str = "width"
                           for w, f in sorted(fits.items()))
         lines += [f"## Consistency of the sharpness across {size}s: {spec} (lr {lr:.3g})", "",
                   f"g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β — {table}", "", f"![consistency]({figure.name})", ""]
+    return lines + _width_consistency_lines(width_consistency(trials, curves_of, rates, size), size)
+
+
+def _width_consistency_lines(found: dict[str, dict], size: str) -> list[str]:
+    lines = []
+    for spec, c in sorted(found.items()):
+        def cell(value):
+            return "—" if value is None else f"{value:.3g}"
+        lines += [f"## Consistency across {size}s (seed 004): {spec} (lr {c['lr']:.3g}, widest {c['widest']})", "",
+                  f"| {size} | loss curves: mean abs. distance | logits: relative distance | feature kernel: "
+                  "distance |", "|---|---|---|---|"]
+        lines += [f"| {n} | {cell(d['loss'])} | {cell(d['logits'])} | {cell(d['kernel'])} |"
+                  for n, d in sorted(c["distance"].items())]
+        shrink = ", ".join(f"{m}: {'—' if s is None else format(s, '+.2f')}" for m, s in c["slope"].items())
+        lines += ["", f"Log-log slope of the distance against {size} (negative: shrinks with {size}): {shrink}.", ""]
+        e = c["ensemble"]
+        if e:
+            rows = ", ".join(f"{n}: single {v['single']:.4f}, ensemble of {v['members']} {v['ensemble']:.4f}"
+                             for n, v in sorted(e["by_size"].items()))
+            lines += [f"Probe loss per {size} — {rows}. Bias of narrower width (the narrowest ensemble worse than "
+                      f"one widest network): {'yes' if e['bias_of_narrower_width'] else 'no'}.", ""]
     return lines

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..spec import SpecError
 from .analysis import phase, transfer
+from .consistency import consistency_rates, width_consistency
 from .experiment import Experiment
 from .keys import gate_keys, inputs_found, plan_trials
 from .store import Store
@@ -47,8 +48,8 @@ def curve_table(curves: dict[str, np.ndarray]) -> dict[str, dict[str, list]]:
     line of the rate in force, …) at ``sharp_step``; the EoS threshold at the peak rate is left to the caller."""
     table = {}
     for name, values in curves.items():
-        if name.endswith("_step") or name == "eos":
-            continue
+        if name.endswith("_step") or name == "eos" or name.startswith("probe_"):
+            continue   # probe logits and kernels are arrays per evaluation: in the store; their distances in "consistency"
         values = np.asarray(values).ravel()
         if name == "eval_loss" and "eval_step" in curves:
             steps = curves["eval_step"]
@@ -135,6 +136,11 @@ def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | No
         analysis = transfer(trials, size) if analysis is None else analysis
         portraits = phase(trials)
         gates = store.gates(keys)
+
+        def curves_of(trial_id: str) -> dict:
+            return {} if trial_id in unreadable else _curves(store, trial_id)
+
+        consistent = width_consistency(trials, curves_of, consistency_rates(trials, analysis, size), size)
         specs: dict[str, Any] = {}
         for spec in sorted({t["spec"] for t in trials} | set(exp.get("specs", []))):
             rows = sorted((t for t in trials if t["spec"] == spec),
@@ -147,8 +153,9 @@ def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | No
                 p = portraits[spec]
                 entry["phase"] = plain({k: p[k] for k in ("gammas", "lrs", "eta_star", "bracketed", "unbracketed",
                                                           "slope", "slope_small", "slope_large")} | {"loss": p["loss"]})
-            entry["trials"] = [trial_entry(t, {} if t["id"] in unreadable else _curves(store, t["id"]))
-                               for t in rows]
+            if spec in consistent:
+                entry["consistency"] = plain(consistent[spec])
+            entry["trials"] = [trial_entry(t, curves_of(t["id"])) for t in rows]
             specs[spec] = entry
     finally:
         store.close()

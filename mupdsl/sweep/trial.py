@@ -27,7 +27,7 @@ from ..spec import apply_overrides, load_spec
 from ..train import ModuleReplica, Schedule, StackedReplicas, plain_forward, train
 from ..train.losses import member_losses
 from .experiment import Experiment
-from .measuring import SharpnessRecorder
+from .measuring import ProbeRecorder, SharpnessRecorder
 
 Outcome = tuple[str, dict, float | None, float | None, str | None, float]
 """(status, curves, final train loss, final eval loss, error, seconds) of one trial."""
@@ -141,6 +141,7 @@ def train_trials(exp: Experiment, trials: list[dict[str, Any]], data, device: to
     replicas = StackedReplicas(compiled) if stacked else ModuleReplica(compiled[0])
     eta0 = [t["lr"] for t in trials]
     recorder = SharpnessRecorder(exp, replicas, eta0, x_train, y_train)
+    probe = ProbeRecorder(exp.measure.probe, replicas, x_test, y_test)
     generators = [torch.Generator().manual_seed(t["seed"]) for t in trials]
     G, n = len(trials), len(y_train)
 
@@ -158,10 +159,12 @@ def train_trials(exp: Experiment, trials: list[dict[str, Any]], data, device: to
         with torch.no_grad():
             out = replicas.outputs(plain_forward, (x_test,), shared=True, grad=False)
             losses = member_losses(out, y_test, exp.loss, shared=True).tolist()
-        for k, on in enumerate(alive.tolist()):
+        live = alive.tolist()
+        for k, on in enumerate(live):
             if on:
                 recorder.curves[k]["eval_step"].append(step + 1)
                 recorder.curves[k]["eval_loss"].append(losses[k])
+        probe.record(recorder.curves, out, live)
 
     log = train(replicas, batches, schedule_of(exp), loss=exp.loss, before_step=recorder, after_step=evaluate)
     results = []
