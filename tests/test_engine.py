@@ -175,3 +175,27 @@ def test_json_curves_put_measurements_at_their_steps():
                          "eos_line": np.array([40.0, 20.0]), "eos": np.array([20.0])})
     assert table["floor_share"] == {"step": [1, 6], "value": [0.1, 0.2]}
     assert table["eos_line"]["step"] == [1, 6] and "eos" not in table and table["loss"]["step"] == list(range(8))
+
+
+def test_trials_run_one_at_a_time_are_stored_as_each_finishes(tmp_path, monkeypatch):
+    """With group = false (or an optimizer that cannot be stacked) each trial is in the store before the next one
+    starts training: an interruption loses only the trial in flight."""
+    import sqlite3
+
+    from mupdsl.sweep import run, trial as trial_module
+
+    path = tmp_path / "exp.toml"
+    path.write_text(SWEEP.format(spec="mup", optimizer="sgd", lrs="[0.05, 0.1, 0.2]").replace("seeds = [0, 1]",
+                                                                                            "seeds = [0]\ngroup = false"))
+    stored_at_start = []
+    original = trial_module.train_trials
+
+    def counting(*args, **kwargs):
+        con = sqlite3.connect(tmp_path / "out" / "index.sqlite")
+        stored_at_start.append(con.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
+        con.close()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "train_trials", counting)
+    run(load_experiment(path), tmp_path / "out", say=lambda _: None, gated=False)
+    assert stored_at_start == [0, 1, 2]

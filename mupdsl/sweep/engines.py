@@ -23,7 +23,7 @@ import numpy as np
 
 from .experiment import Experiment
 from .store import Store
-from .trial import experiment_data, experiment_device, pinned_threads, run_members
+from .trial import experiment_data, experiment_device, iter_members, pinned_threads, run_members
 
 
 class EngineRefused(ValueError):
@@ -60,8 +60,8 @@ def _run_shard(exp: Experiment, groups, data, device, store: Store, done: set[st
         todo = [t for t in members if t["id"] not in done]
         if not todo:
             continue
-        for trial, (status, curves, final, final_eval, error, seconds) in zip(
-                todo, run_members(exp, todo, data, device, lambda _: None)):
+        for trial, (status, curves, final, final_eval, error, seconds) in iter_members(
+                exp, todo, data, device, lambda _: None):
             store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error,
                          seconds=seconds)
             count += 1

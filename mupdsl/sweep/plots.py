@@ -33,16 +33,20 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
         else lrs[0]
     fig = Figure(figsize=(13, 3.6))
     axes = fig.subplots(1, 3)
+    measured = False
     for w in widths:
         pick = [t for t in trials if t[size] == w and t["lr"] == shown_lr and t["status"] != "crashed"]
         if pick:
             c = curves_of(pick[0]["id"])
+            measured = measured or bool(len(c.get("sharpness", [])))
             if len(c.get("sharpness", [])):
                 axes[0].plot(c["sharp_step"], c["sharpness"], marker="o", ms=3, color=colors[w], label=f"{size} {w}")
             if len(c.get("loss", [])):
                 axes[1].plot(np.arange(len(c["loss"])), c["loss"], color=colors[w], lw=1, label=f"{size} {w}")
             line = c.get("eos_line", [])
-            if len(line) and len(set(np.round(line, 12))) > 1 and len(line) == len(c["sharp_step"]):
+            if not len(c.get("sharpness", [])):
+                pass    # no sharpness measured: no EoS line either
+            elif len(line) and len(set(np.round(line, 12))) > 1 and len(line) == len(c["sharp_step"]):
                 axes[0].plot(c["sharp_step"], line, ls="--", color=colors[w], lw=1)   # the rate in force moves
             elif "eos" in c:
                 axes[0].axhline(float(c["eos"][0]), ls="--", color="gray", lw=1)
@@ -53,7 +57,14 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
         if _finite(star.get(w)):
             axes[2].axvline(star[w], color=colors[w], ls=":", lw=1)
     axes[0].set_title(f"λmax(S H S) at lr {shown_lr:.3g} (dashed: EoS)", fontsize=9)
-    axes[0].set_yscale("log")
+    if measured:
+        axes[0].set_yscale("log")
+    else:
+        axes[0].text(0.5, 0.5, "no sharpness measured\n([measure] sharpness_every = 0)", ha="center", va="center",
+                     transform=axes[0].transAxes, fontsize=8, color="gray")
+    finite = [y for w in widths for y in analysis["losses"].get(w, {}).values() if math.isfinite(y)]
+    if len(finite) > 3:   # one poor, not diverged, trial must not squash the curves around η*
+        axes[2].set_ylim(top=min(max(finite), 3 * float(np.median(finite))) * 1.05)
     axes[0].set_xlabel("step")
     axes[1].set_title(f"train loss at lr {shown_lr:.3g}", fontsize=9)
     axes[1].set_xlabel("step")
@@ -63,7 +74,8 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
                       f"{analysis['wider_is_better']}", fontsize=8)
     axes[2].set_xlabel("learning rate η0")
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         ax.grid(True, alpha=0.2)
     fig.suptitle(spec, fontsize=10)
     fig.tight_layout()

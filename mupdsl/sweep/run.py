@@ -18,7 +18,7 @@ from .experiment import Experiment
 from .keys import gate_keys, gate_options, plan_trials
 from .measuring import floor_notice
 from .store import Store
-from .trial import converged, experiment_data, experiment_device, pinned_threads, run_members
+from .trial import converged, experiment_data, experiment_device, iter_members, pinned_threads
 from .workdir import folder_lock, open_folder
 
 
@@ -60,12 +60,12 @@ def gate(exp: Experiment, store: Store, say: Callable[[str], None],
 
 
 def _run_adaptive(exp: Experiment, members: list[dict[str, Any]], data, device, store: Store,
-                  say: Callable[[str], None]) -> tuple[list[tuple], list[dict[str, Any]]]:
+                  say: Callable[[str], None], record: Callable[[dict[str, Any], tuple], None]) -> None:
     """Seed 003's adaptive grid, per seed: η downward from the largest until the first convergent trial, then
-    ``below`` more; trials already in the store count (resume) and are not re-run."""
+    ``below`` more; trials already in the store count (resume) and are not re-run; each trial run is handed to
+    ``record`` as soon as it finishes."""
     finished = store.done_ids()
     done = {t["id"]: t for t in store.trials() if t["id"] in finished}
-    outcomes, ran = [], []
     for seed in sorted({t["seed"] for t in members}):
         ladder = sorted((t for t in members if t["seed"] == seed), key=lambda t: -t["lr"])
         remaining = None
@@ -75,15 +75,13 @@ def _run_adaptive(exp: Experiment, members: list[dict[str, Any]], data, device, 
             if trial["id"] in done:
                 ok = done[trial["id"]]["status"] == "done" and converged("done", store.curves(trial["id"]))
             else:
-                (result,) = run_members(exp, [trial], data, device, say)
-                outcomes.append(result)
-                ran.append(trial)
+                ((_, result),) = iter_members(exp, [trial], data, device, say)
+                record(trial, result)
                 ok = converged(result[0], result[1])
             if remaining is not None:
                 remaining -= 1
             elif ok:
                 remaining = exp.lrs.below
-    return outcomes, ran
 
 
 def run(exp: Experiment, out_dir, *, gated: bool = True, fresh: bool = False, engine: str = "local",
@@ -144,23 +142,27 @@ def _run(exp: Experiment, out_dir, *, gated: bool, fresh: bool, engine: str, eng
 
 def _run_local(exp: Experiment, groups: dict[tuple, list[dict[str, Any]]], data, device, store: Store,
                say: Callable[[str], None], total: int) -> tuple[int, int, int]:
-    """The local engine: group after group in this process, each trial stored at once; (ran, diverged, crashed)."""
-    ran = diverged = crashed = 0
+    """The local engine: group after group in this process, each trial stored as soon as it finishes;
+    (ran, diverged, crashed)."""
+    counts = {"ran": 0, "diverged": 0, "crashed": 0}
+
+    def record(trial: dict[str, Any], outcome: tuple) -> None:
+        status, curves, final, final_eval, error, seconds = outcome
+        store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error, seconds=seconds)
+        counts["ran"] += 1
+        counts["diverged"] += status == "diverged"
+        counts["crashed"] += status == "crashed"
+        depth = f" depth {trial['depth']}" if trial["depth"] is not None else ""
+        say(f"[{counts['ran']}/{total}] {trial['spec']} width {trial['width']}{depth} lr {trial['lr']:.4g} seed "
+            f"{trial['seed']}: {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
+        notice = floor_notice(trial, curves or {}, exp.measure.floor_warn)
+        if notice:
+            say(notice)
+
     for members in groups.values():
         if exp.adaptive:
-            outcomes, members = _run_adaptive(exp, members, data, device, store, say)
+            _run_adaptive(exp, members, data, device, store, say, record)
         else:
-            outcomes = run_members(exp, members, data, device, say)
-        for trial, (status, curves, final, final_eval, error, seconds) in zip(members, outcomes):
-            store.record(trial, status, curves, final_loss=final, final_eval=final_eval, error=error,
-                         seconds=seconds)
-            ran += 1
-            diverged += status == "diverged"
-            crashed += status == "crashed"
-            depth = f" depth {trial['depth']}" if trial["depth"] is not None else ""
-            say(f"[{ran}/{total}] {trial['spec']} width {trial['width']}{depth} lr {trial['lr']:.4g} seed {trial['seed']}"
-                f": {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
-            notice = floor_notice(trial, curves or {}, exp.measure.floor_warn)
-            if notice:
-                say(notice)
-    return ran, diverged, crashed
+            for trial, outcome in iter_members(exp, members, data, device, say):
+                record(trial, outcome)
+    return counts["ran"], counts["diverged"], counts["crashed"]

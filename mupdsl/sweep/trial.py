@@ -179,23 +179,28 @@ def train_trials(exp: Experiment, trials: list[dict[str, Any]], data, device: to
     return results
 
 
-def run_members(exp: Experiment, members: list[dict[str, Any]], data, device: torch.device,
-                say: Callable[[str], None]) -> list[Outcome]:
-    """Train the trials of one shape: grouped where possible, else one at a time (saying why); a crashed trial
-    is a result (status "crashed" with its error), the others go on."""
+def iter_members(exp: Experiment, members: list[dict[str, Any]], data, device: torch.device,
+                 say: Callable[[str], None]) -> Iterator[tuple[dict[str, Any], Outcome]]:
+    """Train the trials of one shape, yielding each (trial, outcome) as soon as it is finished — a vmapped group's
+    together when the group ends, trials run one at a time each at once (a caller stores them as they come, so an
+    interruption loses at most the work in flight). Grouped where possible, else one at a time (saying why); a
+    crashed trial is a result (status "crashed" with its error), the others go on."""
     if exp.group and len(members) > 1:
         start = time.perf_counter()
+        results = None
         try:
             compiled = [compile_member(exp, t) for t in members]
             why = stackable(compiled[0])
             if why is None:
                 results = train_trials(exp, members, data, device, compiled, stacked=True)
-                each = (time.perf_counter() - start) / len(members)
-                return [(s, c, f, e, None, each) for s, c, f, e in results]
-            say(f"notice: {members[0]['spec']} width {members[0]['width']}: {why}; its trials run one at a time")
+            else:
+                say(f"notice: {members[0]['spec']} width {members[0]['width']}: {why}; its trials run one at a time")
         except Exception as exc:  # noqa: BLE001 - fall back, the single path records real crashes
             say(f"notice: grouping failed ({type(exc).__name__}: {exc}); running one at a time")
-    out: list[Outcome] = []
+        if results is not None:
+            each = (time.perf_counter() - start) / len(members)
+            yield from ((t, (s, c, f, e, None, each)) for t, (s, c, f, e) in zip(members, results))
+            return
     for trial in members:
         start = time.perf_counter()
         try:
@@ -205,8 +210,13 @@ def run_members(exp: Experiment, members: list[dict[str, Any]], data, device: to
         except Exception as exc:  # noqa: BLE001 - a crashed trial is a result; the sweep goes on
             status, curves, final, final_eval = "crashed", {}, None, None
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        out.append((status, curves, final, final_eval, error, time.perf_counter() - start))
-    return out
+        yield trial, (status, curves, final, final_eval, error, time.perf_counter() - start)
+
+
+def run_members(exp: Experiment, members: list[dict[str, Any]], data, device: torch.device,
+                say: Callable[[str], None]) -> list[Outcome]:
+    """:func:`iter_members` as a list of outcomes, in the order of ``members``."""
+    return [outcome for _, outcome in iter_members(exp, members, data, device, say)]
 
 
 def converged(status: str, curves: dict) -> bool:
