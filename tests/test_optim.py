@@ -111,10 +111,39 @@ def test_adafactor_step_is_scaled_by_the_parameter_rms():
     assert torch.allclose(p.detach(), torch.tensor([3.0 - step, -4.0 - step]))
 
 
-def test_adafactor_missing_names_the_torch_release(monkeypatch):
+@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch.optim.Adafactor needs torch >= 2.5")
+def test_adafactor_equals_torch_below_its_cap_and_is_not_capped_above():
+    """mupdsl's Adafactor is torch's single-tensor algorithm with ρ_t = lr: step for step the same while
+    lr ≤ 1/√t (matrices factored, vectors not, weight decay, clipping), and a rate above the cap still counts —
+    torch trains η = 1 and η = 2 alike, mupdsl does not."""
+    torch.manual_seed(0)
+    shapes = [(6, 5), (5,), (3, 4, 2)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(20)]
+
+    def run(cls, lr, **kw):
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        opt = cls(params, lr=lr, **kw)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        return [p.detach() for p in params]
+
+    ours, theirs = adafactor_class(), torch.optim.Adafactor
+    assert ours is not theirs
+    for kw in ({}, {"weight_decay": 0.1}, {"d": 2.0}):
+        for a, b in zip(run(ours, 0.01, **kw), run(theirs, 0.01, foreach=False, **kw)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert all(torch.equal(a, b) for a, b in zip(run(theirs, 1.0, foreach=False), run(theirs, 2.0, foreach=False)))
+    assert not any(torch.allclose(a, b) for a, b in zip(run(ours, 1.0), run(ours, 2.0)))
+
+
+def test_adafactor_runs_on_a_torch_without_one(monkeypatch):
     monkeypatch.delattr(torch.optim, "Adafactor", raising=False)
-    with pytest.raises(ValueError, match=r"torch >= 2\.5"):
-        adafactor_class()
+    p = _param([3.0, -4.0])
+    _step(adafactor_class()([p], lr=0.01), p, [0.2, 0.3])
+    assert torch.isfinite(p).all()
 
 
 def _train(make_opt, weight, mult, grads_fn, steps=4):

@@ -74,7 +74,8 @@ def test_unstackable_families_run_one_at_a_time_with_a_notice(tmp_path, optimize
     summary = run(exp, tmp_path / "out", gated=False, say=said.append)
     assert summary.ran == 4 and summary.crashed == 0 and summary.diverged == 0
     notices = [line for line in said if line.startswith("notice:")]
-    assert len(notices) == 1 and "NotStackable" in notices[0] and "one at a time" in notices[0]
+    assert len(notices) == 1 and f"optimizer {optimizer} is not elementwise" in notices[0]
+    assert "one at a time" in notices[0]
 
 
 @pytest.mark.parametrize("optimizer", ["signsgd", "lion", "adafactor", "muon"])
@@ -142,58 +143,18 @@ def adafactor_losses(tmp_path, spec, width, lrs, steps=8):
     return [train_alone(exp, t, data, torch.device("cpu"))[1]["loss"] for t in plan_trials(exp)]
 
 
-def test_adafactor_rates_at_or_above_one_train_alike(tmp_path):
-    """torch's Adafactor steps by min(lr, 1/√t) · RMS(p): a rate of 1 or more is capped from the first step on, so
-    such rates give the same trajectory. Under µP at 4 × the base width the hidden weights' rate is η/2: η = 1
-    and 2 then differ (hidden 0.5 and 1), η = 2 and 4 do not."""
-    sp = adafactor_losses(tmp_path, "sp_adafactor", 64, [1.0, 2.0, 4.0])
-    np.testing.assert_array_equal(sp[0], sp[1])
-    np.testing.assert_array_equal(sp[1], sp[2])
-    mup = adafactor_losses(tmp_path, "mup_adafactor", 64, [1.0, 2.0, 4.0])
-    assert not np.allclose(mup[0], mup[1], rtol=1e-4)
-    np.testing.assert_array_equal(mup[1], mup[2])
+def test_adafactor_rates_above_one_are_not_capped(tmp_path):
+    """torch's Adafactor steps by min(lr, 1/√t) · RMS(p), so rates of 1 or more train alike and no per-tensor rate
+    rule survives; the tool's Adafactor (:mod:`mupdsl.optim.adafactor`) lets the rate multiply the step."""
+    sp = adafactor_losses(tmp_path, "sp_adafactor", 64, [1.0, 2.0])
+    assert len(sp[0]) != len(sp[1]) or not np.allclose(sp[0], sp[1], rtol=1e-4)   # (η = 2 may diverge)
+    assert sp[0][1] != sp[1][1]                                                        # apart from the 1st step
 
 
 @pytest.mark.slow
-def test_adafactor_mup_eta_star_grows_with_width_under_the_cap(tmp_path):
-    """What the cap does to a sweep (64 to 512, 200 steps, two seeds): the loss is best where every tensor is
-    capped, and µP's hidden weights reach the cap only at η ≥ √(width/64) / √t, so µP's η* moves up with width,
-    by more than a grid step, and at 512 it lies well above SP's (one rate for every tensor: capped at the same η
-    as at 64). SP's own shift is left unchecked: with two seeds its flat optimum moves by noise (0.6 to 1.7 steps)."""
-    with within(240):
-        a = transfer_small(tmp_path, "adafactor", widths=[64, 128, 512], steps=200, seeds=[0, 1],
-                           lrs={"min": 0.032, "max": 4.096, "num": 8})
-    assert step_ratio(a, "mup_adafactor", 64, 512) >= 1.0 and a["mup_adafactor"]["transfer"] == "FAIL"
-    assert a["mup_adafactor"]["eta_star"][512] >= 2 * a["sp_adafactor"]["eta_star"][512]
-
-
-def uncapped_adafactor(monkeypatch):
-    """torch's Adafactor with ρ_t = lr: the learning rate multiplies the parameter-scaled step, as in Everett et
-    al. 2024 (and in Adafactor with relative_step=False elsewhere). A test-only patch of torch's own code."""
-    import inspect
-    import textwrap
-
-    from torch.optim import _adafactor
-
-    source = textwrap.dedent(inspect.getsource(_adafactor._single_tensor_adafactor))
-    cap = "rho_t = min(lr, 1 / (step_float**0.5))"
-    if source.count(cap) != 1:
-        pytest.skip("torch's Adafactor no longer computes its relative step as this patch expects")
-    namespace = dict(vars(_adafactor))
-    exec(source.replace(cap, "rho_t = lr"), namespace)  # noqa: S102 - torch's own function, one line changed
-    monkeypatch.setattr(_adafactor, "_single_tensor_adafactor", namespace["_single_tensor_adafactor"])
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the multi-tensor Adafactor is not patched")
-
-    monkeypatch.setattr(_adafactor, "_multi_tensor_adafactor", refuse)
-
-
-@pytest.mark.slow
-def test_adafactor_mup_transfers_when_the_rate_multiplies_the_step(tmp_path, monkeypatch):
-    """The preset is not what fails above: with the cap taken out of torch's Adafactor, µP's η* stays within a
-    grid step from 64 to 512 (docs/optimizers.md: 0.09 grid steps from 64 to 1024)."""
-    uncapped_adafactor(monkeypatch)
+def test_adafactor_mup_transfers(tmp_path):
+    """With the rate multiplying the step (mupdsl's Adafactor), µP's η* stays within a grid step from 64 to 512
+    (docs/optimizers.md: 0.09 grid steps from 64 to 1024)."""
     one, two = adafactor_losses(tmp_path, "sp_adafactor", 64, [1.0, 2.0], steps=3)
     assert not np.array_equal(one, two)
     with within(240):

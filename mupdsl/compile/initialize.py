@@ -185,10 +185,7 @@ def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:
 def _default_class(optimizer: str) -> type:
     """The class that runs ``optimizer`` (a CompileError naming the torch release where the installed one lacks it)."""
     if optimizer == "adafactor":
-        try:
-            return adafactor_class()
-        except ValueError as exc:
-            raise CompileError(str(exc), hint="upgrade torch, or compile for adam") from None
+        return adafactor_class()
     return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "signsgd": SignSGD,
             "lion": Lion, "muon": muon_class()}[optimizer]
 

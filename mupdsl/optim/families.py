@@ -8,9 +8,10 @@ settings under which ``W`` moves exactly as ``f · w`` would (the abc-symmetry, 
 * ``adam`` — the step does not depend on the gradient's scale (Adam, AdamW; SignSGD and Lion, whose step is a
   sign; Muon, whose Newton–Schulz step first divides by ‖G‖_F): ``lr · a``, ``ε / a``; decoupled weight decay
   (``p ← p (1 − lr λ)``) ``wd / a``, Adam's L2 ``wd / f²``.
-* ``adafactor`` — ``torch.optim.Adafactor`` multiplies its scale-free step by ``max(ε₂, RMS(p))`` (Shazeer & Stern
-  2018 "parameter scaling", which it cannot switch off): ``lr`` and the decoupled ``wd`` unchanged, ``ε₁ / a``,
-  ``ε₂ · a``. Its symmetry is ``(a+θ, b−θ, c)`` (Everett et al. 2024, §4.1 of the reference tables).
+* ``adafactor`` — Adafactor multiplies its scale-free step by ``max(ε₂, RMS(p))`` (Shazeer & Stern 2018
+  "parameter scaling"): ``lr`` and the decoupled ``wd`` unchanged, ``ε₁ / a``, ``ε₂ · a``. Its symmetry is
+  ``(a+θ, b−θ, c)`` (Everett et al. 2024, §4.1 of the reference tables). The class is :class:`mupdsl.optim.Adafactor`,
+  whose rate multiplies the step; ``torch.optim.Adafactor`` caps it at 1/√t instead (:mod:`mupdsl.optim.adafactor`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ DECOUPLED_DECAY = ("adamw", "signsgd", "lion", "muon", "adafactor")
 
 ADAFACTOR_EPS2 = 1e-3
 """torch.optim.Adafactor's default ε₂, the floor of the parameter scale ``max(ε₂, RMS(p))``."""
-
-ADAFACTOR_TORCH = "2.5"
-"""The first torch release with ``torch.optim.Adafactor``."""
 
 CLASS_FAMILY = {
     "SGD": "sgd", "ASGD": "sgd",
@@ -70,12 +68,11 @@ def fold_settings(optimizer: str, fold: float, lr: float, wd: float | None, eps:
 
 
 def adafactor_class() -> type[torch.optim.Optimizer]:
-    """``torch.optim.Adafactor``; raises ``ValueError`` naming the release needed when the installed torch lacks it."""
-    cls = getattr(torch.optim, "Adafactor", None)
-    if cls is None:
-        raise ValueError(f"optimizer adafactor needs torch >= {ADAFACTOR_TORCH} (torch.optim.Adafactor); "
-                         f"this is torch {torch.__version__}")
-    return cls
+    """The class that runs ``adafactor``: :class:`mupdsl.optim.Adafactor` (any torch), whose learning rate multiplies
+    the step — ``torch.optim.Adafactor`` caps it at 1/√t, which no per-tensor rate rule survives."""
+    from .adafactor import Adafactor  # noqa: PLC0415 - a sibling module, imported where it is chosen
+
+    return Adafactor
 
 
 __all__ = ["ADAFACTOR_EPS2", "CLASS_FAMILY", "DECOUPLED_DECAY", "FAMILY", "Folded", "adafactor_class",
