@@ -197,3 +197,13 @@ def test_combined_steps_every_part_and_shares_their_groups():
     state = opt.state_dict()
     opt.load_state_dict(state)
     assert set(state["parts"]) == {"sign", "lion"}
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch.optim.Adafactor needs torch >= 2.5")
+def test_torch_adafactor_for_a_plan_with_rate_rules_is_warned_about():
+    from mupdsl.compile import compile_model
+
+    compiled = compile_model("mup_adafactor", "mupdsl.models.mlp", width=128, base_width=64, optimizer="adafactor")
+    assert type(compiled.optimizer()).__module__ == "mupdsl.optim.adafactor"
+    with pytest.warns(UserWarning, match=r"caps its relative step"):
+        compiled.optimizer(cls=torch.optim.Adafactor)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 import zlib
 from typing import Any
 
@@ -202,6 +203,12 @@ def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None 
                            f"folded into {optimizer}'s settings; "
                            + ("an unknown optimizer family" if family is None else f"{cls.__name__} is {family}-like"),
                            hint=f"compile with --optimizer for this optimizer's family, or use a {wanted}-like class")
+    if cls is getattr(torch.optim, "Adafactor", None) and len({round(t.carried.lr if t.carried else t.lr, 15)
+                                                             for t in tensors}) > 1:
+        warnings.warn("torch.optim.Adafactor caps its relative step at min(lr, 1/√t): per-tensor rates above the "
+                      "cap train alike, so the plan's rate rules hold only while η·factor < 1/√t. The plan's class, "
+                      "mupdsl.optim.Adafactor (compiled.optimizer() without cls), lets the rate multiply the step",
+                      stacklevel=3)
     decoupled = cls.__name__ in DECOUPLED_CLASSES
     if family == "adam" and optimizer != "sgd" and decoupled != (optimizer in DECOUPLED_DECAY) and \
             any((t.carried.wd if t.carried else t.wd) for t in tensors):
