@@ -53,19 +53,25 @@ class ModuleReplica:
         self.optimizer = optimizer if optimizer is not None else compiled.optimizer()
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.names = [t.name for t in compiled.plan.tensors]
+        self.params = dict(self.model.named_parameters())     # updated in place by the optimizer
+        self.factor = 1.0
 
     def outputs(self, forward: Forward, inputs: Sequence[torch.Tensor], shared: bool, grad: bool) -> Any:
         """``forward`` on the member, every tensor of the result with a leading member axis of 1."""
         if not shared:
             inputs = [x[0] for x in inputs]
         with torch.set_grad_enabled(grad):
-            out = forward(self.model, dict(self.model.named_parameters()), *inputs)
+            out = forward(self.model, self.params, *inputs)
+        if isinstance(out, torch.Tensor):
+            return out.unsqueeze(0)
         return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, out)
 
     def step(self, losses: torch.Tensor, alive: torch.Tensor | None, factor: float) -> None:
         """One optimizer step on ``losses[0]`` with every rate at ``factor`` × its planned value."""
-        for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = lr * factor
+        if factor != self.factor:
+            for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = lr * factor
+            self.factor = factor
         self.optimizer.zero_grad(set_to_none=True)
         losses[0].backward()
         self.optimizer.step()
