@@ -82,6 +82,16 @@ def sweep(path: Path, out: Path, overrides: dict[str, Any] | None = None) -> tup
     return json.loads(proc.stdout), seconds
 
 
+def report(out: Path) -> dict[str, Any]:
+    """The JSON document of a finished sweep in ``out`` (``mupdsl report OUT --json``): to redraw without re-running."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "mupdsl.cli", "report", str(out), "--json"], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mupdsl report {out} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
 def trials(doc: dict[str, Any], spec: str) -> list[dict[str, Any]]:
     return doc["specs"][spec]["trials"]
 

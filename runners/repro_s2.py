@@ -18,7 +18,7 @@ layout of Fig. 1: sharpness with the EoS lines, loss, final loss against η0 per
    2/η0; NTP's curves separate (narrow networks sharpen, wide ones stay near the initial sharpness).
 3. g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β (the sweep analysis' power law) for every narrower width.
 
-    python runners/repro_s2.py --out out/s2 [--sp] [--small] [--figure docs/figures/repro_s2.png]
+    python runners/repro_s2.py --out out/s2 [--sp] [--small] [--figure docs/figures/repro_s2.png] [--redraw]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from repro_common import ROOT, curve, eta_stars, sweep, trial, trials  # noqa: E402
+from repro_common import ROOT, curve, eta_stars, report, sweep, trial, trials  # noqa: E402
 
 from mupdsl.sweep.analysis import consistency  # noqa: E402
 
@@ -245,23 +245,30 @@ def _transfer_panel(ax, t: dict, name: str, color: dict) -> None:
     ax.legend(fontsize=7)
 
 
-def run(out: Path, small: bool = False, sp: bool = False) -> dict:
+def run(out: Path, small: bool = False, sp: bool = False, redraw: bool = False) -> dict:
+    """Run the sweeps into ``out`` (or, with ``redraw``, read the ones already there) and check the claims."""
     out = Path(out)
     start = time.perf_counter()
     seconds = {}
-    tdoc, seconds["transfer"] = sweep(TRANSFER, out / "transfer", SMALL["transfer"] if small else None)
+
+    def go(path: Path, target: Path, overrides: dict | None) -> tuple[dict, float]:
+        return (report(target), math.nan) if redraw else sweep(path, target, overrides)
+
+    tdoc, seconds["transfer"] = go(TRANSFER, out / "transfer", SMALL["transfer"] if small else None)
     print(f"transfer sweep: {seconds['transfer']:.0f} s", file=sys.stderr, flush=True)
     sdoc = {"specs": {}}
     for spec, path in SHARPNESS.items():
-        doc, seconds[f"sharpness_{spec}"] = sweep(path, out / f"sharpness_{spec}", SMALL[spec] if small else None)
+        doc, seconds[f"sharpness_{spec}"] = go(path, out / f"sharpness_{spec}", SMALL[spec] if small else None)
         sdoc["specs"].update(doc["specs"])
         print(f"sharpness sweep {spec}: {seconds[f'sharpness_{spec}']:.0f} s", file=sys.stderr, flush=True)
     if sp:
-        doc, seconds["sp"] = sweep(SP_FILE, out / "sp", SMALL["sp"] if small else None)
+        doc, seconds["sp"] = go(SP_FILE, out / "sp", SMALL["sp"] if small else None)
         tdoc["specs"].update(doc["specs"])
         print(f"SP sweep: {seconds['sp']:.0f} s", file=sys.stderr, flush=True)
     transfer, sharp = transfer_summary(tdoc), sharpness_summary(sdoc)
     seconds["total"] = time.perf_counter() - start
+    if redraw and (out / "results.json").exists():   # keep the wall times of the run that made the sweeps
+        seconds = json.loads((out / "results.json").read_text())["summary"]["seconds"]
     summary = {"transfer": transfer, "sharpness": {s: {lr: {k: v for k, v in p.items() if k != "curves"}
                                                        for lr, p in per.items()} for s, per in sharp.items()},
                "seconds": seconds}
@@ -276,9 +283,10 @@ def main() -> None:
     parser.add_argument("--out", default="out/s2")
     parser.add_argument("--small", action="store_true", help="the slow test's size (three widths)")
     parser.add_argument("--sp", action="store_true", help="also SP's η* (runners/repro_s2_sp.toml)")
+    parser.add_argument("--redraw", action="store_true", help="read the sweeps already in --out instead of running")
     parser.add_argument("--figure", default=None, help="also copy the figure here (e.g. docs/figures/repro_s2.png)")
     args = parser.parse_args()
-    s = run(Path(args.out), args.small, args.sp)
+    s = run(Path(args.out), args.small, args.sp, args.redraw)
     for spec, t in s["transfer"].items():
         stars = ", ".join(f"{w}: {v:.3g}" if v else f"{w}: —" for w, v in t["eta_star"].items())
         print(f"{spec}: η* {stars}; shift 64→1024 {t['shift_narrow_to_wide']:+.2f} grid steps "

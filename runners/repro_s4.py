@@ -11,7 +11,7 @@ which it passed 0.8, and the largest share of the top eigenvector on Adam's ε f
 ``OUT/results.json``; the figure (sharpness against step with the EoS line, per η0, and the loss) to
 ``OUT/repro_s4.png``.
 
-    python runners/repro_s4.py --out out/s4 [--small] [--figure docs/figures/repro_s4.png]
+    python runners/repro_s4.py --out out/s4 [--small] [--figure docs/figures/repro_s4.png] [--redraw]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from repro_common import ROOT, curve, sweep, trials  # noqa: E402
+from repro_common import ROOT, curve, report, sweep, trials  # noqa: E402
 
 EXPERIMENT = ROOT / "runners" / "repro_s4.toml"
 SPEC = "mup"
@@ -119,16 +119,22 @@ def figure(doc: dict, per: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(out: Path, small: bool = False) -> dict:
+def run(out: Path, small: bool = False, redraw: bool = False) -> dict:
+    """Run the sweep into ``out`` (or, with ``redraw``, read the one already there) and check the claim."""
     out = Path(out)
     start = time.perf_counter()
-    doc, seconds = sweep(EXPERIMENT, out / "sweep", SMALL if small else None)
+    if redraw:
+        doc, seconds = report(out / "sweep"), float("nan")
+    else:
+        doc, seconds = sweep(EXPERIMENT, out / "sweep", SMALL if small else None)
     per = summarize(doc)
     figure(doc, per, out / "repro_s4.png")
     curves = ("steps", "ratio", "floor")
     summary = {"per_lr": {lr: {w: {k: v for k, v in p.items() if k not in curves} for w, p in ws.items()}
                           for lr, ws in per.items()},
                "seconds": {"sweep": seconds, "total": time.perf_counter() - start}}
+    if redraw and (out / "results.json").exists():   # keep the wall times of the run that made the sweep
+        summary["seconds"] = json.loads((out / "results.json").read_text())["summary"]["seconds"]
     (out / "results.json").write_text(json.dumps({"summary": summary, "curves": per}, default=str))
     return summary
 
@@ -137,9 +143,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/s4")
     parser.add_argument("--small", action="store_true", help="the slow test's size (widths 64–256)")
+    parser.add_argument("--redraw", action="store_true", help="read the sweep already in --out instead of running")
     parser.add_argument("--figure", default=None, help="also copy the figure here (e.g. docs/figures/repro_s4.png)")
     args = parser.parse_args()
-    s = run(Path(args.out), args.small)
+    s = run(Path(args.out), args.small, args.redraw)
     for lr, ws in s["per_lr"].items():
         for w, p in ws.items():
             print(f"η0 {lr:g} (38/η0 = {p['eos']:,.0f}) width {w}: late ratio mean {p['late_mean']:.3f} "
