@@ -10,9 +10,7 @@ load checkpoints only from sources you trust, as with any Python code.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -22,46 +20,7 @@ from .api import compile_model
 from .compiled import CompiledModel
 from .errors import CompileError
 from .plan import Plan, plan_differences
-
-
-def _hash(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _model_file(source: str) -> Path | None:
-    base = source.split(":")[0] if not (len(source) > 1 and source[1] == ":") else source
-    return Path(base) if base.endswith(".py") else None
-
-
-def _relative(path: Path, directory: Path) -> str:
-    try:
-        return os.path.relpath(path.resolve(), directory.resolve())
-    except ValueError:  # another drive
-        return str(path.resolve())
-
-
-def save(compiled: CompiledModel, directory) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    plan = compiled.plan
-    torch.save(compiled.model.state_dict(), directory / "model.pt")
-    (directory / "plan.json").write_text(json.dumps(plan.model_dump(), indent=1))
-    files = {}
-    spec_path = Path(plan.spec)
-    if spec_path.is_file():
-        files["spec"] = {"path": _relative(spec_path, directory), "sha256": _hash(spec_path)}
-    model_file = _model_file(plan.model)
-    if model_file is not None and model_file.is_file():
-        files["model"] = {"path": _relative(model_file, directory), "sha256": _hash(model_file),
-                          "attribute": plan.model.split(":", 1)[1] if ":" in plan.model else None}
-    (directory / "manifest.json").write_text(json.dumps({"files": files, "torch": torch.__version__}, indent=1))
-    centers = hooks.center_hooks(compiled.model)
-    if centers:
-        torch.save(centers[0].initial, directory / "init.pt")
-    return directory
+from .saving import file_hash, model_file, save
 
 
 def load_compiled(directory, map_location: str | None = "cpu", *, allow_changed_source: bool = False
@@ -81,9 +40,9 @@ def load_compiled(directory, map_location: str | None = "cpu", *, allow_changed_
     model = saved.model
     changed = []
     if "model" in files:
-        path = _located(directory, files["model"], _model_file(saved.model))
+        path = _located(directory, files["model"], model_file(saved.model))
         model = str(path) + (f":{files['model']['attribute']}" if files["model"].get("attribute") else "")
-        if _hash(Path(path)) != files["model"]["sha256"]:
+        if file_hash(Path(path)) != files["model"]["sha256"]:
             changed.append(f"the model file {path} changed since the checkpoint was written")
     if changed and not allow_changed_source:
         raise CompileError("; ".join(changed), hint="load with allow_changed_source=True if the change is intended")

@@ -15,6 +15,7 @@ from .errors import CompileError
 from .factory import ModelFactory
 from .graph import copy_graph_module, record_values
 from .init_record import preserved_rng
+from .saving import save as save_checkpoint
 from .init_record import InitReplay
 from .initialize import initialize, optimizer_for, param_groups
 from .plan import Plan, plan_differences
@@ -125,9 +126,8 @@ class CompiledModel:
     def save(self, directory) -> Any:
         """Write ``model.pt`` (the state_dict, loaded with ``weights_only=True``) and ``plan.json`` beside it
         (:mod:`mupdsl.compile.checkpoint`)."""
-        from .checkpoint import save  # noqa: PLC0415 - checkpoint imports this module
 
-        return save(self, directory)
+        return save_checkpoint(self, directory)
 
 
 def _shapes_of(inputs) -> list:
