@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
 from matplotlib.figure import Figure
 import numpy as np  # noqa: E402
 
@@ -108,17 +110,51 @@ def phase_figure(spec: str, portrait: dict, path: Path) -> Path:
     fig = Figure(figsize=(5.2, 4))
     ax = fig.subplots()
     loss = np.where(np.isfinite(portrait["loss"]), portrait["loss"], np.nan)
-    mesh = ax.pcolormesh(portrait["lrs"], portrait["gammas"], loss, shading="nearest", cmap="viridis")
+    positive = loss[np.isfinite(loss) & (loss > 0)]
+    # a few exploding-but-finite runs must not wash out the valley: a log colour scale, capped at 10× the median
+    norm = (matplotlib.colors.LogNorm(vmin=positive.min(), vmax=min(positive.max(), 10 * np.median(positive)))
+            if positive.size else None)
+    mesh = ax.pcolormesh(portrait["lrs"], portrait["gammas"], loss, shading="nearest", cmap="viridis", norm=norm)
     ax.plot(portrait["eta_star"], portrait["gammas"], "w*-", ms=8, label="η*")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("η0")
     ax.set_ylabel("γ")
+    fits = [f"{label} {portrait[key]:.2f}" for key, label in (("slope_small", "γ ≤ 1:"), ("slope_large", "γ ≥ 1:"))
+            if portrait.get(key) is not None]
     slope = portrait["slope"]
-    ax.set_title(f"{spec}: final loss over (γ, η)" + (f"; η* ∝ γ^{slope:.2f}" if slope is not None else ""),
-                 fontsize=9)
+    title = ", ".join(fits) if fits else (f"all γ: {slope:.2f}" if slope is not None else "")
+    ax.set_title(f"{spec}: final loss over (γ, η)" + (f"; slope of log η*: {title}" if title else ""), fontsize=9)
     fig.colorbar(mesh, ax=ax, label="final train loss")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def width_consistency_figure(found: dict[str, dict], path: Path, size: str = "width") -> Path:
+    """Seed 004's consistency: per metric (loss curves, logits, feature kernel) the distance of each narrower size
+    to the widest network, per spec, on log-log axes."""
+    metrics = (("loss", "loss curves: mean |L_N − L_widest|"), ("logits", "logits: ‖f_N − f_widest‖ / ‖f_widest‖"),
+               ("kernel", "feature kernel: ‖K̂_N − K̂_widest‖"))
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
+    for ax, (metric, title) in zip(axes, metrics):
+        for spec, c in sorted(found.items()):
+            points = [(n, d[metric]) for n, d in sorted(c["distance"].items()) if d[metric] is not None]
+            if points:
+                slope = c["slope"][metric]
+                ax.loglog([p[0] for p in points], [p[1] for p in points], marker="o", ms=4,
+                          label=f"{spec}" + ("" if slope is None else f" (slope {slope:+.2f})"))
+        sizes = sorted({n for c in found.values() for n in c["distance"]})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(size)
+        ax.grid(True, alpha=0.2, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("distance to the widest network at a fixed learning rate (seed 004)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

@@ -11,7 +11,7 @@ import numpy as np
 
 from .analysis import MIN_SIZES, consistency, phase, transfer
 from .consistency import consistency_rates, width_consistency
-from .plots import consistency_figure, figure_slug, phase_figure, triptych
+from .plots import consistency_figure, figure_slug, phase_figure, triptych, width_consistency_figure
 from .results import current_trials, outcome_note, stale_note
 from .store import Store
 from .workdir import read_record
@@ -132,7 +132,11 @@ def _consistency_section(trials, analysis, store, out: Path, size: str = "width"
                           for w, f in sorted(fits.items()))
         lines += [f"## Consistency of the sharpness across {size}s: {spec} (lr {lr:.3g})", "",
                   f"g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β — {table}", "", f"![consistency]({figure.name})", ""]
-    return lines + _width_consistency_lines(width_consistency(trials, curves_of, rates, size), size)
+    found = width_consistency(trials, curves_of, rates, size)
+    if found:
+        figure = width_consistency_figure(found, _output(store, out, "consistency_widths.png"), size)
+        lines += [f"![consistency across {size}s]({figure.name})", ""]
+    return lines + _width_consistency_lines(found, size)
 
 
 def _width_consistency_lines(found: dict[str, dict], size: str) -> list[str]:
