@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..compile.init_record import preserved_rng
 from ..measure.hvp import Batch
 from ..measure.ntk import ntk_eigenvalues
 from ..measure.sharpness import (
@@ -165,7 +166,8 @@ def feature_kernel(model: torch.nn.Module, readout: torch.nn.Linear, inputs: tor
     seen: list[torch.Tensor] = []
     handle = readout.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
     try:
-        model(inputs)
+        with preserved_rng():   # a model with dropout draws here: the training's random stream stays as it was
+            model(inputs)
     finally:
         handle.remove()
     if not seen:
