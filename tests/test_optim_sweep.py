@@ -78,7 +78,7 @@ def test_unstackable_families_run_one_at_a_time_with_a_notice(tmp_path, optimize
     assert "one at a time" in notices[0]
 
 
-@pytest.mark.parametrize("optimizer", ["signsgd", "lion", "adafactor", "muon"])
+@pytest.mark.parametrize("optimizer", ["signsgd", "lion", "muon"])
 def test_sharpness_under_a_family_without_a_preconditioner_is_a_located_error(tmp_path, optimizer):
     with pytest.raises(ExperimentError) as info:
         experiment(tmp_path, optimizer, extra="sharpness_every = 5\n")
@@ -161,3 +161,17 @@ def test_adafactor_mup_transfers(tmp_path):
         a = transfer_small(tmp_path, "adafactor", specs=["mup_adafactor"], ungated=[], widths=[64, 128, 512],
                            seeds=[0], lrs={"min": 0.004, "max": 0.512, "num": 8})
     assert a["mup_adafactor"]["transfer"] == "PASS" and a["mup_adafactor"]["bracketed"]
+
+
+def test_adafactor_sweep_measures_its_preconditioned_sharpness(tmp_path):
+    """Adafactor's S² = D · max(ε₂, RMS(p)) / √v̂ (tested against a dense Hessian in test_sharpness.py) is tracked
+    along a sweep from its first step on, against the EoS line 2/η0 (no momentum)."""
+    from mupdsl.sweep.trial import experiment_data
+
+    exp = experiment(tmp_path, "adafactor", extra="sharpness_every = 5\n")
+    data = experiment_data(exp)
+    for trial in plan_trials(exp)[:2]:
+        status, curves, _, _ = train_alone(exp, trial, data, torch.device("cpu"))
+        assert status == "done" and list(curves["sharp_step"]) == [5, 10, 15]
+        assert np.all(np.isfinite(curves["sharpness"])) and np.all(curves["sharpness"] > 0)
+        np.testing.assert_allclose(curves["eos_line"], 2.0 / trial["lr"])

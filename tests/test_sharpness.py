@@ -419,3 +419,51 @@ def test_top_k_finds_every_copy_of_a_repeated_eigenvalue(batched):
     assert eigen.values == pytest.approx(dense[:4].tolist(), rel=1e-7)      # [2, 2, 2, 1]
     for value, vector in zip(eigen.values, eigen.vectors):
         assert torch.linalg.vector_norm(A @ vector - value * vector) < 1e-6
+
+
+def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_dense_hessian():
+    """After one Adafactor step v̂ is known in closed form (β2_1 = 0: v = g² for a vector, R Cᵀ/mean(R) of the row
+    and column means of g² for a matrix), so S² = (lr_p/η0) · max(ε₂, RMS(p)) / √v̂ is checked against numbers
+    computed here from the gradient; then λmax(S H S) by the tool against a dense float64 eigendecomposition."""
+    from mupdsl.compile import compile_model
+    from mupdsl.measure.hvp import Batch
+    from mupdsl.measure.sharpness import adafactor_preconditioner, measure
+
+    torch.manual_seed(0)
+    compiled = compile_model("mup_adafactor", "mupdsl.models.mlp", width=8, base_width=4, optimizer="adafactor",
+                             overrides={"eta0": 0.01})
+    model = compiled.model.double()
+    names = [t.name for t in compiled.plan.tensors]
+    opt = compiled.optimizer()
+    x, y = torch.randn(16, 40, dtype=torch.float64), torch.randint(0, 10, (16,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: model.get_parameter(n).grad.detach().clone() for n in names}
+    opt.step()
+    lrs = {n: lr for n, (lr, _, _) in compiled.settings().items()}
+    S = adafactor_preconditioner(model, names, lrs, 0.01, opt)
+    expected = []
+    for n in names:
+        p, g = model.get_parameter(n).detach(), grads[n]
+        group = next(gr for gr in opt.param_groups if any(q is model.get_parameter(n) for q in gr["params"]))
+        eps1, eps2 = group["eps"]
+        eps1 = torch.finfo(torch.float64).eps if eps1 is None else eps1
+        if g.dim() > 1:
+            row, col = (g * g).mean(dim=-1, keepdim=True), (g * g).mean(dim=-2, keepdim=True)
+            v_hat = row @ col / row.mean().clamp(min=eps1)
+        else:
+            v_hat = g * g
+        rms = max(eps2, float(p.norm() / p.numel() ** 0.5))
+        expected.append((lrs[n] / 0.01 * rms / v_hat.clamp(min=eps1 ** 2).sqrt()).reshape(-1))
+    torch.testing.assert_close(S.square(), torch.cat(expected), rtol=1e-9, atol=0)
+
+    flat = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
+    shapes = [model.get_parameter(n).shape for n in names]
+
+    def loss_of(vector):
+        parts = dict(zip(names, (t.reshape(s) for t, s in zip(vector.split([s.numel() for s in shapes]), shapes))))
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, parts, (x,)), y)
+
+    H = torch.autograd.functional.hessian(loss_of, flat)
+    dense = torch.linalg.eigvalsh(S[:, None] * H * S[None, :]).max().item()
+    result = measure(model, Batch((x,), y), scale=S, names=names, tol=1e-10)
+    assert result.sharpness == pytest.approx(dense, rel=1e-6)

@@ -122,9 +122,9 @@ def adam_moments(model: nn.Module, names: list[str], optimizer: torch.optim.Opti
 def preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
                    optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd", variant: str = "last",
                    gradient: torch.Tensor | None = None) -> torch.Tensor:
-    """The diagonal S (flat, in the order of ``names``). Defined for SGD and Adam(W) only: SignSGD, Lion, Adafactor and
-    Muon have no diagonal preconditioner of this form (a sign, a parameter scale, an orthogonalisation), and are
-    refused rather than measured as SGD. For Adam, ``variant`` is one of :data:`PRECONDITIONERS` (``gradient``:
+    """The diagonal S (flat, in the order of ``names``) for SGD and Adam(W) (Adafactor: :func:`adafactor_preconditioner`).
+    SignSGD, Lion and Muon have no diagonal preconditioner (a sign, an orthogonalisation), and are refused rather
+    than measured as SGD. For Adam, ``variant`` is one of :data:`PRECONDITIONERS` (``gradient``:
     the measurement batch's, for ``next``); :func:`adam_preconditioner` also returns the ε-floor mask."""
     return adam_preconditioner(model, names, lrs, eta0, optimizer, kind, variant, gradient)[0]
 
@@ -146,9 +146,35 @@ def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float
     return adam_moments(model, names, optimizer).scale(ratio, variant, gradient)
 
 
+def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
+                             optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """S (flat, in the order of ``names``) for Adafactor (:class:`mupdsl.optim.Adafactor`, or torch's below its cap):
+    its step is lr_p · max(ε₂, RMS(p)) · g / √v̂ with v̂ the factored second moment R Cᵀ / mean(R) of a matrix (the
+    plain one of a vector), so with D = diag(lr_p / η0), S² = D · max(ε₂, RMS(p)) / √max(v̂, ε₁²) and λmax(S H S)
+    is compared with 2/η0 (no momentum). The update-norm clipping (d) is left out: the linearised step."""
+    params = dict(model.named_parameters())
+    parts = []
+    for name in names:
+        p = params[name]
+        state = optimizer.state.get(p, {})
+        group = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
+        if group is None or not state or "eps" not in group:
+            raise ValueError(f"no Adafactor state for {name}: take at least one optimizer step before measuring")
+        eps1, eps2 = group["eps"]
+        floor = torch.finfo(p.dtype).eps if eps1 is None else eps1
+        if "row_var" in state:
+            row, col = state["row_var"], state["col_var"]
+            v_hat = (row @ col) / row.mean(dim=-2, keepdim=True).clamp(min=floor)
+        else:
+            v_hat = state["variance"]
+        scale = max(eps2, p.detach().norm(2).item() / p.numel() ** 0.5)
+        parts.append((lrs[name] / eta0 * scale / v_hat.clamp(min=floor * floor).sqrt()).reshape(-1))
+    return torch.cat(parts).sqrt()
+
+
 def eos_threshold(kind: str, eta0: float, beta1: float = 0.9) -> float:
-    """2/η0 for SGD; 2(1+β1)/((1−β1)η0) for Adam (seed 002 App. J.1)."""
-    if kind == "sgd":
+    """2/η0 for SGD and Adafactor (no momentum); 2(1+β1)/((1−β1)η0) for Adam (seed 002 App. J.1)."""
+    if kind in ("sgd", "adafactor"):
         return 2.0 / eta0
     return 2.0 * (1 + beta1) / ((1 - beta1) * eta0)
 

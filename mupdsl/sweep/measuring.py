@@ -13,8 +13,8 @@ from ..compile.init_record import preserved_rng
 from ..measure.hvp import Batch
 from ..measure.ntk import ntk_eigenvalues
 from ..measure.sharpness import (
-    AdamMoments, SharpnessResult, SharpnessTracker, StackedSharpnessTracker, adam_moments, adam_preconditioner,
-    eos_threshold, floor_warning, measure,
+    AdamMoments, SharpnessResult, SharpnessTracker, StackedSharpnessTracker, adafactor_preconditioner, adam_moments,
+    adam_preconditioner, eos_threshold, floor_warning, measure,
 )
 from ..train import ModuleReplica, StackedReplicas
 from .experiment import Experiment, Measure
@@ -93,12 +93,13 @@ class SharpnessRecorder:
             for _ in range(replicas.size)]
         if not self.stacked:
             model = replicas.model
-            lrs = {name: lr for name, (lr, _, _) in replicas.compiled.settings().items()}
-            self.root, _ = adam_preconditioner(model, replicas.names, lrs, eta0[0])  # (lr_p / η0)^½
+            self.lrs = {name: lr for name, (lr, _, _) in replicas.compiled.settings().items()}
+            self.root, _ = adam_preconditioner(model, replicas.names, self.lrs, eta0[0])  # (lr_p / η0)^½
 
     def __call__(self, step: int, factor: float, alive: torch.Tensor) -> None:
         every = self.m.sharpness_every
-        if not every or step % every or (self.adam and step == 0):
+        needs_state = self.adam or self.exp.optimizer == "adafactor"     # their preconditioner exists after a step
+        if not every or step % every or (needs_state and step == 0):
             return
         batch = measurement_batch(self.m, self.x_train, self.y_train, self.rng, self.fixed)
         live = [k for k, on in enumerate(alive.tolist()) if on]
@@ -115,6 +116,9 @@ class SharpnessRecorder:
 
     def _module(self, batch: Batch) -> SharpnessResult:
         r = self.replicas
+        if self.exp.optimizer == "adafactor":   # S² = D · max(ε₂, RMS(p)) / √v̂, against 2/η0
+            scale = adafactor_preconditioner(r.model, r.names, self.lrs, self.eta0[0], r.optimizer)
+            return self.tracker(r.model, batch, scale=scale, names=r.names)
         if self.adam:
             return self.tracker(r.model, batch, adam=adam_moments(r.model, r.names, r.optimizer),
                                 ratio=self.root.square(), names=r.names)
