@@ -1,95 +1,47 @@
 """Shared by the reproduction runners (``runners/repro_s2.py``, ``runners/repro_s4.py``): run an experiment file
-through ``mupdsl sweep --json`` (optionally with some keys replaced, for the smaller test versions), and pick
-curves out of the JSON document it prints.
-
-Only the command line and its JSON document are used (``mupdsl sweep --help``; ``mupdsl/sweep/results.py``), so
-the runners measure what a user of the tool would get."""
+through the sweep (optionally with some top-level keys replaced, for the smaller test versions) and pick curves out
+of its results document — the one ``mupdsl sweep --json`` prints (``mupdsl/sweep/results.py``), so the runners
+measure what a user of the tool gets; and their common command line."""
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
-import os
-import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def load_toml(path: Path) -> dict[str, Any]:
-    return tomllib.loads(Path(path).read_text())
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """The experiment as TOML text: top-level keys, then the ``[measure]`` table (the only table the format has;
-    an inline table such as a log grid stays inline)."""
-    lines = [f"{k} = {_value(v)}" for k, v in data.items() if k != "measure"]
-    if "measure" in data:
-        lines += ["", "[measure]"] + [f"{k} = {_value(v)}" for k, v in data["measure"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def experiment(path: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The experiment file's keys with ``overrides`` applied (a ``measure`` entry updates the table key by key)."""
-    data = load_toml(path)
-    for key, value in (overrides or {}).items():
-        if key == "measure":
-            data.setdefault("measure", {}).update(value)
-        else:
-            data[key] = value
-    return data
+from mupdsl.sweep import load_experiment, run, sweep_document, write_report  # noqa: E402
 
 
 def sweep(path: Path, out: Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], float]:
-    """Run ``mupdsl sweep`` on the experiment file (with ``overrides``: then on a copy written to
-    ``out/experiment.toml``) into ``out`` with ``--fresh --json``; (the JSON document, wall seconds).
-
-    Exit status 1 is a transfer FAIL of a claimed spec — a result, read like any other; anything else is an
-    error."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    source = Path(path)
-    if overrides:
-        out.mkdir(parents=True, exist_ok=True)
-        source = out.parent / f"{out.name}.toml"
-        source.write_text(dump_toml(experiment(path, overrides)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    """Run the experiment file (top-level keys replaced by ``overrides``) into ``out`` afresh, write its report as
+    ``mupdsl sweep`` does, and return (the results document, wall seconds). Progress goes to stderr."""
+    exp = load_experiment(path, overrides)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mupdsl.cli", "sweep", str(source), "--out", str(out), "--fresh",
-                           "--json"], capture_output=True, text=True, env=env, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    (out / "sweep.log").write_text(proc.stderr)
-    if proc.returncode not in (0, 1) or not proc.stdout.strip():
-        raise RuntimeError(f"mupdsl sweep {source} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout), seconds
+    run(exp, out, fresh=True, say=lambda line: print(line, file=sys.stderr, flush=True))
+    _, analysis = write_report(out)
+    return sweep_document(out, analysis), time.perf_counter() - start
 
 
 def report(out: Path) -> dict[str, Any]:
-    """The JSON document of a finished sweep in ``out`` (``mupdsl report OUT --json``): to redraw without re-running."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "mupdsl.cli", "report", str(out), "--json"], capture_output=True,
-                          text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"mupdsl report {out} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout)
+    """The results document of a finished sweep in ``out`` (as ``mupdsl report OUT --json``): to redraw without
+    re-running."""
+    return sweep_document(out)
+
+
+def runner_parser(description: str, out: str, small: str) -> argparse.ArgumentParser:
+    """The runners' command line: ``--out``, ``--small`` (the slow test's size), ``--redraw``, ``--figure``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--small", action="store_true", help=f"the slow test's size ({small})")
+    parser.add_argument("--redraw", action="store_true", help="read the sweeps already in --out instead of running")
+    parser.add_argument("--figure", default=None, help="also copy the figure here (e.g. docs/figures/<name>.png)")
+    return parser
 
 
 def trials(doc: dict[str, Any], spec: str) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ layout of Fig. 1: sharpness with the EoS lines, loss, final loss against η0 per
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -36,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from repro_common import ROOT, curve, eta_stars, report, sweep, trial, trials  # noqa: E402
+from repro_common import ROOT, curve, eta_stars, report, runner_parser, sweep, trial, trials  # noqa: E402
 
 from mupdsl.sweep.analysis import consistency  # noqa: E402
 
@@ -279,12 +278,8 @@ def run(out: Path, small: bool = False, sp: bool = False, redraw: bool = False) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="out/s2")
-    parser.add_argument("--small", action="store_true", help="the slow test's size (three widths)")
+    parser = runner_parser(__doc__.split("\n\n")[0], "out/s2", "three widths")
     parser.add_argument("--sp", action="store_true", help="also SP's η* (runners/repro_s2_sp.toml)")
-    parser.add_argument("--redraw", action="store_true", help="read the sweeps already in --out instead of running")
-    parser.add_argument("--figure", default=None, help="also copy the figure here (e.g. docs/figures/repro_s2.png)")
     args = parser.parse_args()
     s = run(Path(args.out), args.small, args.sp, args.redraw)
     for spec, t in s["transfer"].items():

@@ -16,7 +16,6 @@ which it passed 0.8, and the largest share of the top eigenvector on Adam's ε f
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from repro_common import ROOT, curve, report, sweep, trials  # noqa: E402
+from repro_common import ROOT, curve, report, runner_parser, sweep, trials  # noqa: E402
 
 EXPERIMENT = ROOT / "runners" / "repro_s4.toml"
 SPEC = "mup"
@@ -50,8 +49,7 @@ def summarize(doc: dict) -> dict:
         steps, values = curve(t, "sharpness")
         eos = t["eos_threshold"]
         ratio = [v / eos if v is not None else np.nan for v in values]
-        # one floor share per Adam measurement, in the order of the sharpness values (the JSON document gives the
-        # floor_share curve the steps 0, 1, 2, … instead of the measurement steps: matched by position here)
+        # one floor share per Adam measurement, at the sharpness's steps
         _, floor = curve(t, "floor_share")
         if len(floor) != len(ratio):
             raise ValueError(f"width {t['width']} lr {t['lr']}: {len(floor)} floor shares for {len(ratio)} "
@@ -140,12 +138,7 @@ def run(out: Path, small: bool = False, redraw: bool = False) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="out/s4")
-    parser.add_argument("--small", action="store_true", help="the slow test's size (widths 64–256)")
-    parser.add_argument("--redraw", action="store_true", help="read the sweep already in --out instead of running")
-    parser.add_argument("--figure", default=None, help="also copy the figure here (e.g. docs/figures/repro_s4.png)")
-    args = parser.parse_args()
+    args = runner_parser(__doc__.split("\n\n")[0], "out/s4", "widths 64–256").parse_args()
     s = run(Path(args.out), args.small, args.redraw)
     for lr, ws in s["per_lr"].items():
         for w, p in ws.items():

@@ -26,6 +26,8 @@ NO_EFFECT = frozenset({"name", "ungated", "device", "threads", "group", "data_ve
 """Experiment keys that do not change a trial's result (``coordcheck_widths`` is in the gate's key)."""
 SILENT_AT_DEFAULT = {"schedule": "constant", "decay_to": 0.0}
 """Keys added after stores were written: at their default they stay out of the key, so those trials keep their ids."""
+MEASURE_SILENT_AT_DEFAULT = {"probe": 0}
+"""The same for the ``[measure]`` table."""
 DATASET_ARGS = {"text": ("text_file", "context"), "cifar10": ("data_root",), "linear": ("input_dim",)}
 """The keys that matter only to one dataset."""
 
@@ -79,16 +81,17 @@ def result_settings(exp: Experiment, taken: set[str]) -> dict[str, Any]:
     dataset_only = {k for keys in DATASET_ARGS.values() for k in keys}
     skip = COORDINATES | NO_EFFECT | dataset_only | taken
     return {k: v for k, v in exp.model_dump(mode="json").items()
-            if k not in skip and not (k in SILENT_AT_DEFAULT and v == SILENT_AT_DEFAULT[k])}
+            if k not in skip and not _silent(k, v, SILENT_AT_DEFAULT)}
+
+
+def _silent(key: str, value: Any, defaults: dict[str, Any]) -> bool:
+    return key in defaults and value == defaults[key]
 
 
 def measure_key(exp: Experiment) -> dict[str, Any]:
-    """The ``[measure]`` table as it enters a trial's key; ``probe`` only when on (stores from before it keep their
-    ids)."""
-    table = exp.measure.model_dump(mode="json")
-    if not table.get("probe"):
-        table.pop("probe", None)
-    return table
+    """The ``[measure]`` table as it enters a trial's key, keys added later left out at their default."""
+    return {k: v for k, v in exp.measure.model_dump(mode="json").items()
+            if not _silent(k, v, MEASURE_SILENT_AT_DEFAULT)}
 
 
 def plan_trials(exp: Experiment) -> list[dict[str, Any]]:

@@ -134,8 +134,12 @@ class SharpnessRecorder:
         sgd = dict(scale=ratio.sqrt()) if moments is None else dict(adam=moments, ratio=ratio)
         try:
             return self.tracker(r.template, r.views(), batch, live, **sgd)
-        except (RuntimeError, NotImplementedError):
-            pass
+        except (RuntimeError, NotImplementedError):   # no batching rule: each member on its own model, below
+            return self._one_by_one(batch, live, ratio, moments)
+
+    def _one_by_one(self, batch: Batch, live: list[int], ratio: torch.Tensor,
+                    moments: AdamMoments | None) -> dict[int, SharpnessResult]:
+        r = self.replicas
         results = {}
         for k in live:
             model = r.load(k)

@@ -139,6 +139,7 @@ def width_consistency_figure(found: dict[str, dict], path: Path, size: str = "wi
                ("kernel", "feature kernel: ‖K̂_N − K̂_widest‖"))
     fig = Figure(figsize=(12, 3.4))
     axes = fig.subplots(1, 3)
+    sizes = sorted({n for c in found.values() for n in c["distance"]})
     for ax, (metric, title) in zip(axes, metrics):
         for spec, c in sorted(found.items()):
             points = [(n, d[metric]) for n, d in sorted(c["distance"].items()) if d[metric] is not None]
@@ -146,7 +147,6 @@ def width_consistency_figure(found: dict[str, dict], path: Path, size: str = "wi
                 slope = c["slope"][metric]
                 ax.loglog([p[0] for p in points], [p[1] for p in points], marker="o", ms=4,
                           label=f"{spec}" + ("" if slope is None else f" (slope {slope:+.2f})"))
-        sizes = sorted({n for c in found.values() for n in c["distance"]})
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_title(title, fontsize=9)
