@@ -291,11 +291,18 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
     float_flag("--floor-warn", floor_warn)
     if not 0 <= floor_warn <= 1:
         raise BadInput("--floor-warn is a share between 0 and 1")
-    if optimizer == "sgd" and preconditioner != "last":
+    if optimizer not in ("adam", "adamw") and preconditioner != "last":
         raise BadInput("--preconditioner chooses Adam's v̂: it needs --optimizer adam or adamw")
     seed_flag("--seed", seed)
+    from .sweep.experiment import SHARPNESS_OPTIMIZERS  # noqa: PLC0415
+
+    if optimizer not in SHARPNESS_OPTIMIZERS:
+        raise BadInput(f"--optimizer {optimizer} has no diagonal preconditioner (a sign or an orthogonalisation), so "
+                       f"no preconditioned sharpness: use one of {', '.join(SHARPNESS_OPTIMIZERS)} "
+                       "(docs/optimizers.md)")
     if optimizer != "sgd" and train_steps == 0:
-        raise BadInput("the Adam preconditioner needs the optimizer's second moments: pass --train-steps 1 or more")
+        raise BadInput(f"the {optimizer} preconditioner needs the optimizer's second moments: pass --train-steps 1 "
+                       "or more")
     if save_state:
         writable_file("--save-state", save_state)
         writable_file("--save-state", save_state + ".plan.json")

@@ -43,7 +43,7 @@ TRANSFER = ROOT / "runners" / "repro_s2_transfer.toml"
 SHARPNESS = {"mean_field": ROOT / "runners" / "repro_s2_sharpness_mup.toml",
              "ntp": ROOT / "runners" / "repro_s2_sharpness_ntp.toml"}
 SP_FILE = ROOT / "runners" / "repro_s2_sp.toml"
-MUP, NTP, SP = "mean_field", "ntp", "sp"
+MUP, NTP, SP = "mean_field", "ntp", "sp_kaiming"
 WARMUP = 100
 """Steps before the sharpness is compared: µP reaches 2/η0 by step 40–60 at every width and rate measured here."""
 SMOOTH = 20
@@ -147,7 +147,7 @@ def figure(transfer: dict, sharp: dict, tdoc: dict, sdoc: dict, path: Path) -> N
     widths = sorted({t["width"] for t in trials(sdoc, specs[0])})
     cmap = plt.get_cmap("viridis")
     color = {w: cmap(i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
-    names = {MUP: "µP (mean_field)", NTP: "NTP", SP: "SP"}
+    names = {MUP: "µP (mean_field)", NTP: "NTP", SP: "SP (Kaiming init)"}
     fig, axes = plt.subplots(len(specs), 5, figsize=(21, 3.8 * len(specs)), squeeze=False)
     for r, spec in enumerate(specs):
         ax_s, ax_l, ax_t, ax_g = axes[r][:4]

@@ -1,6 +1,7 @@
-"""The reproductions S2 and S4 of docs/reproductions.md at the slow test's size, with the numbers their claims are
-judged by (``pytest -m slow tests/test_reproductions.py``). Each runs the experiment files in runners/ through
-``mupdsl sweep --json`` (runners/repro_s2.py, runners/repro_s4.py) and asserts what the document reports."""
+"""The reproductions S2–S4 of docs/reproductions.md, and the demo's Adam sharpness panel, at the slow tests'
+size, with the numbers their claims are judged by (``pytest -m slow tests/test_reproductions.py``). Each runs the
+experiment files in runners/ as a sweep (runners/repro_s2.py, runners/repro_s4.py, or ``run`` directly) and
+asserts what the document reports."""
 
 import importlib.util
 import math
@@ -106,3 +107,40 @@ def test_reproduction_s3_phase_slopes(tmp_path):
     assert abs(phase["slope_large"] - 0.5) <= 0.3, phase
     stars = phase["eta_star"]
     assert all(a < b for a, b in zip(stars, stars[1:]))      # η* grows with γ throughout
+
+
+@pytest.mark.slow
+def test_demo_adam_sharpness_lies_together_under_mup_and_apart_under_sp(tmp_path):
+    """The demo's Adam panel (runners/demo.toml as shipped, about a minute): λmax(D P⁻¹ H) at the figure's rate,
+    every 5 steps on 1,024 training-like examples with `next`; the median of each run's measurements stays within
+    1.3× across widths 32–256 under µP and grows with width under SP (measured 2026-11-30: µP 350/387/407/382,
+    SP 350/495/593/712)."""
+    from mupdsl.sweep import load_experiment, run, sweep_document
+
+    run(load_experiment(ROOT / "runners" / "demo.toml"), tmp_path / "out", say=lambda _: None)
+    specs = sweep_document(tmp_path / "out")["specs"]
+    mup, sp = specs["mup"]["sharpness_spread"], specs["sp"]["sharpness_spread"]
+    assert mup["lr"] == sp["lr"] == pytest.approx(0.0128)
+    medians = list(mup["median"].values())
+    assert max(medians) / min(medians) < 1.3, mup
+    sp_medians = [sp["median"][w] for w in ("32", "64", "128", "256")]
+    assert all(a < b for a, b in zip(sp_medians, sp_medians[1:])), sp     # apart, ordered by width
+    assert sp["ratio"] > 1.6 and sp["ratio"] > mup["ratio"] + 0.4, (sp, mup)
+    assert specs["mup"]["transfer"] == "PASS" and specs["sp"]["shift"] > 1.5
+
+
+@pytest.mark.slow
+def test_reproduction_s2_sp_eta_star_falls_with_width(tmp_path):
+    """SP as the paper writes it (Kaiming init, one rate; runners/repro_s2_sp.toml at widths 64, 256, 1024, about
+    2.5 minutes): η* falls with width by more than one grid step (measured 0.407 → 0.159, 1.36 steps), while the
+    largest stable rate halves twice (1 at width 64, 0.25 at 1024)."""
+    from mupdsl.sweep import load_experiment, run, sweep_document
+
+    exp = load_experiment(ROOT / "runners" / "repro_s2_sp.toml", {"widths": [64, 256, 1024]})
+    run(exp, tmp_path / "out", say=lambda _: None)
+    entry = sweep_document(tmp_path / "out")["specs"]["sp_kaiming"]
+    stars = {int(w): s["eta_star"] for w, s in entry["sizes"].items()}
+    assert all(s["bracketed"] for s in entry["sizes"].values()), entry["sizes"]
+    assert stars[64] > stars[256] > stars[1024]
+    assert math.log(stars[64] / stars[1024]) / entry["grid_step"] > 1.0, stars
+    assert entry["transfer"] == "FAIL"

@@ -467,3 +467,30 @@ def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_den
     dense = torch.linalg.eigvalsh(S[:, None] * H * S[None, :]).max().item()
     result = measure(model, Batch((x,), y), scale=S, names=names, tol=1e-10)
     assert result.sharpness == pytest.approx(dense, rel=1e-6)
+
+
+def test_cli_measures_adafactor_and_refuses_optimizers_without_a_diagonal_preconditioner(tmp_path):
+    """`mupdsl sharpness -o adafactor` measures λmax(S H S) with Adafactor's S (checked against a dense Hessian in
+    test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_dense_hessian) against 2/η0;
+    SignSGD, Lion and Muon are refused with the reason, and `next` is Adam's only."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mupdsl.cli import main
+
+    path = tmp_path / "small.py"
+    path.write_text(SMALL_MODEL)
+    base = ["sharpness", "mup_adafactor", str(path), "--width", "12", "--base-width", "6", "--batch-size", "16",
+            "--trace-samples", "0"]
+    result = CliRunner().invoke(main, base + ["-o", "adafactor", "--set", "eta0=0.01", "--train-steps", "3",
+                                              "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["eos_threshold"] == pytest.approx(2 / 0.01) and doc["converged"] and doc["sharpness"] > 0
+    for optimizer in ("signsgd", "lion", "muon"):
+        result = CliRunner().invoke(main, ["sharpness", "mup", str(path), "--width", "12", "-o", optimizer,
+                                           "--train-steps", "1"])
+        assert result.exit_code == 2 and "no diagonal preconditioner" in result.output, result.output
+    result = CliRunner().invoke(main, base + ["-o", "adafactor", "--train-steps", "1", "--preconditioner", "next"])
+    assert result.exit_code == 2 and "Adam's v̂" in result.output

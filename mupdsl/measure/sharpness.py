@@ -134,8 +134,9 @@ def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float
                         gradient: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(S, the ε-floor mask or None for SGD); see :func:`preconditioner`."""
     if kind not in ("sgd", "adam", "adamw"):
-        raise ValueError(f"the preconditioned sharpness is defined for sgd, adam and adamw, not {kind}: measure "
-                         "with kind='sgd' for the plain learning-rate-scaled Hessian")
+        raise ValueError(f"the preconditioned sharpness is defined for sgd, adam, adamw and adafactor, not {kind} "
+                         "(no diagonal preconditioner: docs/optimizers.md); measure with kind='sgd' for the plain "
+                         "learning-rate-scaled Hessian")
     params = dict(model.named_parameters())
     ratio = torch.cat([torch.full((params[n].numel(),), lrs[n] / eta0, dtype=params[n].dtype,
                                   device=params[n].device) for n in names])
@@ -371,5 +372,10 @@ def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | 
         return measure(compiled.model, batch, names=names, adam=moments, ratio=ratio,
                        eos=eos_threshold(kind, eta0, moments.beta1), **kwargs)
     kwargs.pop("preconditioner", None)
-    scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
+    if kind == "adafactor":    # S² = (lr_p/η0)·max(ε₂, RMS(p))/√v̂, against 2/η0
+        if optimizer is None:
+            raise ValueError("the Adafactor preconditioner needs the optimizer (its factored second moments)")
+        scale = adafactor_preconditioner(compiled.model, names, lrs, eta0, optimizer)
+    else:
+        scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
     return measure(compiled.model, batch, names=names, scale=scale, eos=eos_threshold(kind, eta0), **kwargs)

@@ -235,6 +235,17 @@ def consistency(curves_by_width: dict[int, tuple[np.ndarray, np.ndarray]]) -> di
     return out
 
 
+def sharpness_spread(curves_by_width: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any] | None:
+    """Seed 002 Fig. 1's claim in one number per run: the median of each width's sharpness measurements (robust to
+    single mini-batch outliers) and the widest width's median over the narrowest's — ≈ 1 when the curves lie
+    together (µP), growing with width when they separate (SP). None with fewer than two widths."""
+    medians = {w: float(np.nanmedian(y)) for w, (_, y) in sorted(curves_by_width.items()) if len(y)}
+    if len(medians) < 2:
+        return None
+    narrow, wide = medians[min(medians)], medians[max(medians)]
+    return {"median": medians, "ratio": wide / narrow if narrow > 0 else None}
+
+
 def log_slope(points: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of log y against log x over (x, y) points; None with fewer than two."""
     if len(points) < 2:

@@ -146,6 +146,10 @@ class Measure(BaseModel):
     probe: int = Field(0, ge=0)
     """Test examples (the first ``probe``) on which each trial's logits and the kernel of its readout's input
     features are recorded at every evaluation, for the consistency across widths of seed 004 (0: off)."""
+    sharpness_lrs: list[float] = []
+    """The learning rates of the grid whose trials are measured (empty: every trial). Seed 002 Fig. 1 shows the
+    sharpness at one η0 per figure; measuring that rate densely, on a large batch, costs a fraction of measuring
+    every trial of the grid."""
 
     @field_validator("sharpness_every", "top_k", "eval_every", "batch_size", "trace_samples", "probe")
     @classmethod
@@ -374,6 +378,12 @@ class Experiment(BaseModel):
         if self.decay_to and self.schedule == "constant":
             raise ValueError("decay_to sets the end of a decay: give schedule = \"cosine\" or \"linear\" (or remove "
                              "decay_to)")
+        grid = self.lr_values()
+        for lr in self.measure.sharpness_lrs:
+            if grid_rate(lr, grid) is None:
+                near = min(grid, key=lambda v: abs(math.log(v) - math.log(lr))) if lr > 0 else grid[0]
+                raise ValueError(f"[measure] sharpness_lrs: {lr:g} is not a learning rate of the grid (nearest: "
+                                 f"{near:.6g})")
         return self
 
     @field_validator("measure")
@@ -400,6 +410,15 @@ class Experiment(BaseModel):
         return isinstance(self.lrs, AdaptiveGrid)
 
 
+def grid_rate(lr: float, grid: list[float]) -> float | None:
+    """The rate of ``grid`` that ``lr`` names (equal to 9 significant digits, as a TOML file writes a log grid's
+    values), or None."""
+    for value in grid:
+        if lr > 0 and abs(value - lr) <= 1e-9 * max(abs(value), abs(lr)):
+            return value
+    return None
+
+
 def small(exp: Experiment) -> Experiment:
     """The ``--small`` version of a GPU-sized experiment, for CPU tests: two narrow widths, few steps, lrs and
     seeds, and a small dataset."""
@@ -412,7 +431,8 @@ def small(exp: Experiment) -> Experiment:
         "gammas": sorted(sorted(exp.gammas, key=lambda g: abs(math.log(g)))[:3]),
         "coordcheck_widths": [64, 128, 256, 512], "measure": exp.measure.model_copy(update={
             "sharpness_every": min(exp.measure.sharpness_every, 5) if exp.measure.sharpness_every else 0,
-            "eval_every": 10, "batch_size": min(exp.measure.batch_size, 64)})})
+            "eval_every": 10, "batch_size": min(exp.measure.batch_size, 64),
+            "sharpness_lrs": [lr for lr in exp.measure.sharpness_lrs if grid_rate(lr, keep) is not None]})})
 
 
 def device_problem(device: str) -> str | None:

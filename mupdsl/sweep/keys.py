@@ -26,7 +26,7 @@ NO_EFFECT = frozenset({"name", "ungated", "device", "threads", "group", "data_ve
 """Experiment keys that do not change a trial's result (``coordcheck_widths`` is in the gate's key)."""
 SILENT_AT_DEFAULT = {"schedule": "constant", "decay_to": 0.0}
 """Keys added after stores were written: at their default they stay out of the key, so those trials keep their ids."""
-MEASURE_SILENT_AT_DEFAULT = {"probe": 0}
+MEASURE_SILENT_AT_DEFAULT = {"probe": 0, "sharpness_lrs": []}
 """The same for the ``[measure]`` table."""
 DATASET_ARGS = {"text": ("text_file", "context"), "cifar10": ("data_root",), "linear": ("input_dim",)}
 """The keys that matter only to one dataset."""

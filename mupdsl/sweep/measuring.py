@@ -17,7 +17,7 @@ from ..measure.sharpness import (
     adam_preconditioner, eos_threshold, floor_warning, measure,
 )
 from ..train import ModuleReplica, StackedReplicas
-from .experiment import Experiment, Measure
+from .experiment import Experiment, Measure, grid_rate
 
 MEASURE_SEED = 0x5EED
 """The seed of the measurement batches' own generator: every trial of a sweep (and every member of a group) is
@@ -87,6 +87,8 @@ class SharpnessRecorder:
         self.fixed = measurement_batch(self.m, x_train, y_train, self.rng) if self.m.batch == "fixed" else None
         options = measure_options(self.m, exp.loss)
         self.stacked = isinstance(replicas, StackedReplicas)
+        chosen = self.m.sharpness_lrs
+        self.measured = [not chosen or grid_rate(lr, chosen) is not None for lr in eta0]
         self.tracker = StackedSharpnessTracker(**options) if self.stacked else SharpnessTracker(**options)
         self.curves: list[dict[str, list]] = [
             {k: [] for k in ("eval_step", "eval_loss", "sharp_step", "sharpness", "hvps", "eos_line")}
@@ -102,7 +104,7 @@ class SharpnessRecorder:
         if not every or step % every or (needs_state and step == 0):
             return
         batch = measurement_batch(self.m, self.x_train, self.y_train, self.rng, self.fixed)
-        live = [k for k, on in enumerate(alive.tolist()) if on]
+        live = [k for k, on in enumerate(alive.tolist()) if on and self.measured[k]]
         if not live:
             return
         results = self._stacked(batch, live) if self.stacked else {0: self._module(batch)}

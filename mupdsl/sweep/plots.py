@@ -14,6 +14,8 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 import numpy as np  # noqa: E402
 
+from .consistency import measured_rate
+
 
 def figure_slug(spec: str) -> str:
     """A file-name part for a spec: a preset's name as it is (``mup``); a spec given by path, its file's stem made
@@ -33,37 +35,32 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     lrs = sorted({t["lr"] for t in trials})
     shown_lr = min(lrs, key=lambda lr: abs(math.log(lr) - math.log(star[base]))) if _finite(star.get(base)) \
         else lrs[0]
+    sharp_lr = measured_rate(trials, curves_of, shown_lr)
     fig = Figure(figsize=(13, 3.6))
     axes = fig.subplots(1, 3)
-    measured = False
+    smoothed = False
     for w in widths:
         pick = [t for t in trials if t[size] == w and t["lr"] == shown_lr and t["status"] != "crashed"]
         if pick:
             c = curves_of(pick[0]["id"])
-            measured = measured or bool(len(c.get("sharpness", [])))
-            if len(c.get("sharpness", [])):
-                axes[0].plot(c["sharp_step"], c["sharpness"], marker="o", ms=3, color=colors[w], label=f"{size} {w}")
             if len(c.get("loss", [])):
                 axes[1].plot(np.arange(len(c["loss"])), c["loss"], color=colors[w], lw=1, label=f"{size} {w}")
-            line = c.get("eos_line", [])
-            if not len(c.get("sharpness", [])):
-                pass    # no sharpness measured: no EoS line either
-            elif len(line) and len(set(np.round(line, 12))) > 1 and len(line) == len(c["sharp_step"]):
-                axes[0].plot(c["sharp_step"], line, ls="--", color=colors[w], lw=1)   # the rate in force moves
-            elif "eos" in c:
-                axes[0].axhline(float(c["eos"][0]), ls="--", color="gray", lw=1)
+        pick = [t for t in trials if t[size] == w and t["lr"] == sharp_lr and t["status"] != "crashed"]
+        if pick and sharp_lr is not None:
+            smoothed = _sharpness_curve(axes[0], curves_of(pick[0]["id"]), colors[w], f"{size} {w}") or smoothed
         xs = sorted(analysis["losses"].get(w, {}))
         ys = [analysis["losses"][w][lr] for lr in xs]
         axes[2].plot(xs, [y if math.isfinite(y) else np.nan for y in ys], marker="o", ms=3, color=colors[w],
                      label=f"{size} {w}")
         if _finite(star.get(w)):
             axes[2].axvline(star[w], color=colors[w], ls=":", lw=1)
-    axes[0].set_title(f"λmax(S H S) at lr {shown_lr:.3g} (dashed: EoS)", fontsize=9)
-    if measured:
-        axes[0].set_yscale("log")
-    else:
+    if sharp_lr is None:
         axes[0].text(0.5, 0.5, "no sharpness measured\n([measure] sharpness_every = 0)", ha="center", va="center",
                      transform=axes[0].transAxes, fontsize=8, color="gray")
+    else:
+        axes[0].set_yscale("log")
+        how = f"; thick: running median of {MEDIAN_WINDOW}" if smoothed else ""
+        axes[0].set_title(f"λmax(S H S) at lr {sharp_lr:.3g}\n(dashed: EoS{how})", fontsize=9)
     finite = [y for w in widths for y in analysis["losses"].get(w, {}).values() if math.isfinite(y)]
     if len(finite) > 3:   # one poor, not diverged, trial must not squash the curves around η*
         axes[2].set_ylim(top=min(max(finite), 3 * float(np.median(finite))) * 1.05)
@@ -83,6 +80,38 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+MEDIAN_WINDOW = 5
+"""Measurements per running median in the sharpness panel: single mini-batch measurements of Adam's D P⁻¹ H
+scatter 5–40× around a run's median (docs/sharpness.md), so a curve of ≥ this many points is drawn thin with its
+running median on top."""
+
+
+def running_median(values, window: int = MEDIAN_WINDOW) -> np.ndarray:
+    """The median of each value and its ``window // 2`` neighbours on either side (fewer at the ends)."""
+    v = np.asarray(values, dtype=float)
+    half = window // 2
+    return np.array([np.nanmedian(v[max(0, i - half): i + half + 1]) for i in range(len(v))])
+
+
+def _sharpness_curve(ax, c: dict, color, label: str) -> bool:
+    """One run's sharpness (with its running median when long enough) and the EoS line of the rate in force;
+    True when a median was drawn."""
+    steps, values = c.get("sharp_step", []), c.get("sharpness", [])
+    if not len(values):
+        return False
+    long = len(values) >= MEDIAN_WINDOW
+    ax.plot(steps, values, marker="o", ms=2 if long else 3, lw=0.6 if long else 1.5, alpha=0.35 if long else 1,
+            color=color, label=None if long else label)
+    if long:
+        ax.plot(steps, running_median(values), color=color, lw=2.2, label=label)
+    line = c.get("eos_line", [])
+    if len(line) and len(set(np.round(line, 12))) > 1 and len(line) == len(steps):
+        ax.plot(steps, line, ls="--", color=color, lw=1)   # the rate in force moves
+    elif "eos" in c:
+        ax.axhline(float(c["eos"][0]), ls="--", color="gray", lw=1)
+    return long
 
 
 def _finite(value) -> bool:

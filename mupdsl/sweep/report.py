@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from .analysis import MIN_SIZES, consistency, phase, transfer
-from .consistency import consistency_rates, width_consistency
+from .analysis import MIN_SIZES, consistency, phase, sharpness_spread, transfer
+from .consistency import consistency_rates, sharpness_curves, width_consistency
 from .plots import consistency_figure, figure_slug, phase_figure, triptych, width_consistency_figure
 from .results import current_trials, outcome_note, stale_note
 from .store import Store
@@ -115,22 +113,19 @@ def _consistency_section(trials, analysis, store, out: Path, size: str = "width"
     lines = []
     curves_of = curves_of or store.curves
     rates = consistency_rates(trials, analysis, size)
-    for spec, lr in sorted(rates.items()):
-        rows = [t for t in trials if t["spec"] == spec and t["status"] == "done"]
-        curves = {}
-        for w in sorted({t[size] for t in rows}):
-            pick = [t for t in rows if t[size] == w and t["lr"] == lr]
-            if pick:
-                c = curves_of(pick[0]["id"])
-                if len(c.get("sharpness", [])) >= 2:
-                    curves[w] = (np.asarray(c["sharp_step"]), np.asarray(c["sharpness"]))
+    for spec, (lr, curves) in sharpness_curves(trials, curves_of, rates, size).items():
         fits = consistency(curves)
         if not fits:
             continue
         figure = consistency_figure(spec, fits, _output(store, out, f"consistency_{figure_slug(spec)}.png"))
         table = ", ".join(f"{w}: β = {f['beta']:.2f}" if f["beta"] is not None else f"{w}: —"
                           for w, f in sorted(fits.items()))
+        spread = sharpness_spread(curves)
+        medians = ", ".join(f"{w}: {m:.4g}" for w, m in spread["median"].items())
+        ratio = "—" if spread["ratio"] is None else f"{spread['ratio']:.2f}"
         lines += [f"## Consistency of the sharpness across {size}s: {spec} (lr {lr:.3g})", "",
+                  f"Median of each run's measurements — {medians}; widest / narrowest: {ratio} (≈ 1: the curves lie "
+                  "together).", "",
                   f"g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β — {table}", "", f"![consistency]({figure.name})", ""]
     found = width_consistency(trials, curves_of, rates, size)
     if found:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..spec import SpecError
-from .analysis import phase, transfer
-from .consistency import consistency_rates, width_consistency
+from .analysis import phase, sharpness_spread, transfer
+from .consistency import consistency_rates, sharpness_curves, width_consistency
 from .experiment import Experiment
 from .keys import gate_keys, inputs_found, plan_trials
 from .store import Store
@@ -140,7 +140,10 @@ def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | No
         def curves_of(trial_id: str) -> dict:
             return {} if trial_id in unreadable else _curves(store, trial_id)
 
-        consistent = width_consistency(trials, curves_of, consistency_rates(trials, analysis, size), size)
+        rates = consistency_rates(trials, analysis, size)
+        consistent = width_consistency(trials, curves_of, rates, size)
+        sharp = {spec: (lr, sharpness_spread(curves)) for spec, (lr, curves) in
+                 sharpness_curves(trials, curves_of, rates, size).items()}
         specs: dict[str, Any] = {}
         for spec in sorted({t["spec"] for t in trials} | set(exp.get("specs", []))):
             rows = sorted((t for t in trials if t["spec"] == spec),
@@ -155,6 +158,9 @@ def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | No
                                                           "slope", "slope_small", "slope_large")} | {"loss": p["loss"]})
             if spec in consistent:
                 entry["consistency"] = plain(consistent[spec])
+            if sharp.get(spec, (None, None))[1] is not None:
+                lr, spread = sharp[spec]
+                entry["sharpness_spread"] = plain({"lr": lr, **spread})
             entry["trials"] = [trial_entry(t, curves_of(t["id"])) for t in rows]
             specs[spec] = entry
     finally:
