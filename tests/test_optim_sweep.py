@@ -129,6 +129,19 @@ def test_muon_mup_transfers(tmp_path):
     assert all(a[spec]["bracketed"] for spec in ("mup_muon", "sp_muon"))
 
 
+@pytest.mark.slow
+def test_muon_rms_matched_to_adamw_does_not_transfer(tmp_path):
+    """SP as Moonshot runs Muon (step RMS-matched to AdamW's: lr·0.2·√max(fan_in, fan_out)), 64 to 512, 150 steps:
+    η* falls by more than a grid step (measured −1.28; −2.04 to width 1024 in docs/optimizers.md)."""
+    with within(240):
+        a = transfer_small(tmp_path, "muon", specs=["sp_muon_rms"], ungated=["sp_muon_rms"],
+                           widths=[64, 128, 256, 512], lrs={"min": 0.0004, "max": 0.0256, "num": 7})
+    assert a["sp_muon_rms"]["bracketed"] and a["sp_muon_rms"]["transfer"] == "FAIL"
+    assert step_ratio(a, "sp_muon_rms", 64, 512) <= -1.0
+    stars = a["sp_muon_rms"]["eta_star"]
+    assert stars[64] > stars[128] > stars[256] > stars[512]
+
+
 def adafactor_losses(tmp_path, spec, width, lrs, steps=8):
     """The per-step training losses of one trial per rate (teacher task, base width 16)."""
     from mupdsl.sweep.trial import experiment_data

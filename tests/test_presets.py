@@ -12,6 +12,11 @@ WIDTH_TABLE = {
     # TP4 p.3 / TP5 Table 3 gray: PyTorch SP with one global LR; TP4b Ex. 2.2.2 for Adam.
     ("sp", "sgd"): [(0, 0, 0), (0, H, 0), (0, H, 0)],
     ("sp", "adam"): [(0, 0, 0), (0, H, 0), (0, H, 0)],
+    # The same exponents with the papers' fan-in normal init (He et al. 2015; TP5 Table 3 init var 1/fan_in).
+    ("sp_kaiming", "sgd"): [(0, 0, 0), (0, H, 0), (0, H, 0)],
+    ("sp_kaiming", "adam"): [(0, 0, 0), (0, H, 0), (0, H, 0)],
+    # Muon RMS-matched to AdamW (Liu et al. 2025 Eq. 4): hidden lr ∝ √width; AdamW's SP elsewhere.
+    ("sp_muon_rms", "muon"): [(0, 0, 0), (0, H, -H), (0, H, 0)],
     # TP4 Table 1 (NTP); TP4b Def. 2.4.1 for Adam.
     ("ntp", "sgd"): [(0, 0, 0), (H, 0, 0), (H, 0, 0)],
     ("ntp", "adam"): [(0, 0, H), (H, 0, 1), (H, 0, H)],
@@ -103,3 +108,20 @@ def test_completep_epsilon_only_in_residual_blocks():
     e = explain(load_spec("completep"), "adam")
     assert e.residual_roles["hidden"].texts["eps"] == "eps0 / width_mult / depth_mult^alpha"
     assert e.roles["hidden"].texts["eps"] == "eps0 / width_mult"
+
+
+@pytest.mark.parametrize("gain", [None, 1.0])
+def test_sp_kaiming_draws_the_fan_in_normal_init(gain):
+    """Weights N(0, gain²/fan_in) with gain √2 by default (Kaiming for ReLU) or 1 (LeCun), biases zero."""
+    import math
+
+    from mupdsl.compile import compile_model
+
+    overrides = {} if gain is None else {"gain": gain}
+    model = compile_model("sp_kaiming", "mupdsl.models.mlp", width=1024, overrides=overrides).model
+    g = math.sqrt(2) if gain is None else gain
+    for layer, fan_in in ((model.input, 40), (model.hidden[0], 1024), (model.readout, 1024)):
+        layer = layer.requires_grad_(False)
+        assert float(layer.weight.std()) == pytest.approx(g / math.sqrt(fan_in), rel=0.05)
+        assert float(layer.weight.mean()) == pytest.approx(0.0, abs=0.05 * g / math.sqrt(fan_in))
+        assert not layer.bias.any()

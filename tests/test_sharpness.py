@@ -470,24 +470,48 @@ def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_den
 
 
 def test_cli_measures_adafactor_and_refuses_optimizers_without_a_diagonal_preconditioner(tmp_path):
-    """`mupdsl sharpness -o adafactor` measures λmax(S H S) with Adafactor's S (checked against a dense Hessian in
-    test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_dense_hessian) against 2/η0;
-    SignSGD, Lion and Muon are refused with the reason, and `next` is Adam's only."""
+    """`mupdsl sharpness -o adafactor` gives λmax(S H S) with Adafactor's S against 2/η0: the same training redone
+    here reaches the saved weights exactly, and the command's value equals the top eigenvalue of S H S from a
+    dense float64 Hessian with S from those optimizer states. SignSGD, Lion and Muon are refused with the reason,
+    and `next` is Adam's only."""
     import json
 
     from click.testing import CliRunner
 
     from mupdsl.cli import main
+    from mupdsl.compile import compile_model
+    from mupdsl.compile.factory import load_factory
+    from mupdsl.measure.sharpness import preconditioner
+    from mupdsl.train import ModuleReplica, Schedule, train
 
-    path = tmp_path / "small.py"
+    torch.set_default_dtype(torch.float32)
+    path, state = tmp_path / "small.py", tmp_path / "state.pt"
     path.write_text(SMALL_MODEL)
     base = ["sharpness", "mup_adafactor", str(path), "--width", "12", "--base-width", "6", "--batch-size", "16",
             "--trace-samples", "0"]
     result = CliRunner().invoke(main, base + ["-o", "adafactor", "--set", "eta0=0.01", "--train-steps", "3",
-                                              "--json"])
+                                              "--tol", "1e-6", "--json", "--save-state", str(state)])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["eos_threshold"] == pytest.approx(2 / 0.01) and doc["converged"] and doc["sharpness"] > 0
+    assert doc["eos_threshold"] == pytest.approx(2 / 0.01) and doc["converged"]
+
+    compiled = compile_model("mup_adafactor", str(path), width=12, base_width=6, optimizer="adafactor",
+                             overrides={"eta0": 0.01}, seed=0)
+    torch.manual_seed(0)
+    batch = Batch(*load_factory(str(path)).training_batch(16))
+    replica = ModuleReplica(compiled)
+    train(replica, lambda step: (batch.inputs, batch.targets, True), Schedule(3), loss="ce", diverge_factor=None)
+    saved = torch.load(state)
+    assert all(torch.equal(saved[k], v) for k, v in compiled.model.state_dict().items())
+    names = [t.name for t in compiled.plan.tensors]
+    lrs = {name: lr for name, (lr, _, _) in compiled.settings().items()}
+    S = preconditioner(compiled.model, names, lrs, 0.01, replica.optimizer, "adafactor").double()
+    model = compiled.model.double()
+    op, _, _, H = dense(model, Batch(tuple(x.double() for x in batch.inputs), batch.targets))
+    assert op.names == names
+    exact = float(torch.linalg.eigvalsh(S[:, None] * H * S[None, :]).max())
+    assert doc["sharpness"] == pytest.approx(exact, rel=1e-3)
+
     for optimizer in ("signsgd", "lion", "muon"):
         result = CliRunner().invoke(main, ["sharpness", "mup", str(path), "--width", "12", "-o", optimizer,
                                            "--train-steps", "1"])

@@ -59,30 +59,71 @@ def test_only_the_chosen_rates_are_measured_alone_and_in_a_group(tmp_path):
         np.testing.assert_allclose(curves["loss"], alone["loss"], rtol=1e-5, atol=1e-6)
 
 
-def test_measured_trials_see_the_same_batches_as_when_every_rate_is_measured(tmp_path):
-    """The measurement batches come from their own generator, drawn at every measurement step whether or not a
-    member is measured: the chosen trial's sharpness is the one it has when the whole grid is measured."""
+
+def test_a_group_measuring_one_rate_equals_groups_measuring_all_and_none(tmp_path):
+    """The chosen member's sharpness and HVP counts are those it has when the whole group is measured (the
+    measurement batches come from their own generator, drawn at every measurement step); the other members train
+    exactly as with sharpness_every = 0."""
     chosen, _ = _experiment(tmp_path)
     every, _ = _experiment(tmp_path, chosen="")
+    none = every.model_copy(update={"measure": every.measure.model_copy(update={"sharpness_every": 0})})
     data, cpu = experiment_data(chosen), torch.device("cpu")
-    pick = [t for t in plan_trials(chosen) if t["lr"] == pytest.approx(0.002)][0]
-    ref = [t for t in plan_trials(every) if t["lr"] == pytest.approx(0.002)][0]
-    _, a, _, _ = train_alone(chosen, pick, data, cpu)
-    _, b, _, _ = train_alone(every, ref, data, cpu)
-    np.testing.assert_allclose(a["sharpness"], b["sharpness"], rtol=1e-6)
+    runs = {name: train_group(exp, plan_trials(exp), data, cpu) for name, exp in
+            (("chosen", chosen), ("every", every), ("none", none))}
+    for k, lr in enumerate([t["lr"] for t in plan_trials(chosen)]):
+        picked, measured_all, unmeasured = (runs[name][k][1] for name in ("chosen", "every", "none"))
+        if lr == pytest.approx(0.002):
+            np.testing.assert_allclose(picked["sharpness"], measured_all["sharpness"], rtol=1e-6)
+            np.testing.assert_array_equal(picked["hvps"], measured_all["hvps"])
+        else:
+            assert len(picked["sharpness"]) == 0 and len(measured_all["sharpness"]) == 2
+            np.testing.assert_array_equal(picked["loss"], unmeasured["loss"])
 
 
 def test_chosen_rates_are_checked_and_the_default_keeps_old_ids(tmp_path):
     exp, path = _experiment(tmp_path, chosen="")
     before = {t["id"] for t in plan_trials(exp)}
-    path.write_text(SWEEP.format(widths="32", chosen="sharpness_lrs = []"))
-    assert {t["id"] for t in plan_trials(load_experiment(path))} == before
-    path.write_text(SWEEP.format(widths="32", chosen="sharpness_lrs = [0.004]"))
-    assert {t["id"] for t in plan_trials(load_experiment(path))}.isdisjoint(before)
-    path.write_text(SWEEP.format(widths="32", chosen="sharpness_lrs = [0.003]"))
+
+    def ids(chosen: str, every: int = 4) -> set[str]:
+        path.write_text(SWEEP.format(widths="32", chosen=chosen).replace("sharpness_every = 4",
+                                                                         f"sharpness_every = {every}"))
+        return {t["id"] for t in plan_trials(load_experiment(path))}
+
+    assert ids("sharpness_lrs = []") == before
+    chosen = ids("sharpness_lrs = [0.002, 0.004]")
+    assert chosen.isdisjoint(before)
+    # how a rate is written does not matter: order, repeats, and digits within 0.1 % name the grid's own value
+    assert ids("sharpness_lrs = [0.004, 0.002, 0.002]") == ids("sharpness_lrs = [0.0019999, 0.004001]") == chosen
     with pytest.raises(ExperimentError, match=r"sharpness_lrs: 0.003 is not a learning rate of the grid "
-                                              r"\(nearest: 0.004\)"):
-        load_experiment(path)
+                                              r"\(nearest: 0.00(4|39)"):
+        ids("sharpness_lrs = [0.003]")
+    with pytest.raises(ExperimentError, match="sharpness_every = 0 measures none"):
+        ids("sharpness_lrs = [0.002]", every=0)
+
+
+def test_small_keeps_measuring_a_few_rates():
+    """``--small`` thins the grid; a chosen rate it drops moves to the nearest kept one instead of leaving the
+    choice empty (which would measure every trial)."""
+    from pathlib import Path
+
+    from mupdsl.sweep.experiment import small
+
+    demo = load_experiment(Path(__file__).resolve().parent.parent / "runners" / "demo.toml")
+    reduced = small(demo)
+    assert 0.0128 not in reduced.lr_values()
+    assert reduced.measure.sharpness_lrs and set(reduced.measure.sharpness_lrs) <= set(reduced.lr_values())
+
+
+def test_measured_rate_is_the_nearest_rate_with_a_curve():
+    from mupdsl.sweep.analysis import measured_rate
+
+    trials = [{"id": "a", "lr": 0.1, "status": "done"}, {"id": "b", "lr": 0.2, "status": "crashed"},
+              {"id": "c", "lr": 0.4, "status": "diverged"}, {"id": "d", "lr": 0.8, "status": "done"}]
+    curves = {"a": {"sharpness": np.array([1.0])}, "b": {"sharpness": np.array([2.0])},
+              "c": {"sharpness": np.array([3.0])}, "d": {}}
+    assert measured_rate(trials, curves.__getitem__, 0.2) == 0.1          # b crashed: its curve does not count
+    assert measured_rate(trials, curves.__getitem__, 0.5) == 0.4          # a diverged trial's curve does
+    assert measured_rate(trials, lambda _: {}, 0.2) is None
 
 
 def test_report_shows_the_measured_rate_with_each_runs_median(tmp_path):
@@ -90,7 +131,11 @@ def test_report_shows_the_measured_rate_with_each_runs_median(tmp_path):
     nearest it, and the report's medians are those of the stored curves."""
     exp, _ = _experiment(tmp_path, chosen="sharpness_lrs = [0.001]", widths="32, 64")
     run(exp, tmp_path / "out", say=lambda _: None)
-    text = write_report(tmp_path / "out")[0].read_text()
+    path, analysis = write_report(tmp_path / "out")
+    text = path.read_text()
+    star = analysis["mup"]["eta_star"][32]
+    nearest = min(exp.lr_values(), key=lambda v: abs(np.log(v) - np.log(star)))
+    assert nearest != pytest.approx(0.001)      # the premise: the figure's rate is not the measured one
     assert "Consistency of the sharpness across widths: mup (lr 0.001)" in text
     from mupdsl.sweep.store import Store
 

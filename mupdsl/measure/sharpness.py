@@ -122,10 +122,15 @@ def adam_moments(model: nn.Module, names: list[str], optimizer: torch.optim.Opti
 def preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
                    optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd", variant: str = "last",
                    gradient: torch.Tensor | None = None) -> torch.Tensor:
-    """The diagonal S (flat, in the order of ``names``) for SGD and Adam(W) (Adafactor: :func:`adafactor_preconditioner`).
-    SignSGD, Lion and Muon have no diagonal preconditioner (a sign, an orthogonalisation), and are refused rather
-    than measured as SGD. For Adam, ``variant`` is one of :data:`PRECONDITIONERS` (``gradient``:
-    the measurement batch's, for ``next``); :func:`adam_preconditioner` also returns the ε-floor mask."""
+    """The diagonal S (flat, in the order of ``names``) for SGD, Adam(W) and Adafactor
+    (:func:`adafactor_preconditioner`). SignSGD, Lion and Muon have no diagonal preconditioner (a sign, an
+    orthogonalisation), and are refused rather than measured as SGD. For Adam, ``variant`` is one of
+    :data:`PRECONDITIONERS` (``gradient``: the measurement batch's, for ``next``); :func:`adam_preconditioner` also
+    returns the ε-floor mask."""
+    if kind == "adafactor":
+        if optimizer is None:
+            raise ValueError("the Adafactor preconditioner needs the optimizer (its factored second moments)")
+        return adafactor_preconditioner(model, names, lrs, eta0, optimizer)
     return adam_preconditioner(model, names, lrs, eta0, optimizer, kind, variant, gradient)[0]
 
 
@@ -133,6 +138,9 @@ def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float
                         optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd", variant: str = "last",
                         gradient: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(S, the ε-floor mask or None for SGD); see :func:`preconditioner`."""
+    if kind == "adafactor":
+        raise ValueError("Adafactor's S has no ε-floor mask: use preconditioner(kind='adafactor') or "
+                         "adafactor_preconditioner")
     if kind not in ("sgd", "adam", "adamw"):
         raise ValueError(f"the preconditioned sharpness is defined for sgd, adam, adamw and adafactor, not {kind} "
                          "(no diagonal preconditioner: docs/optimizers.md); measure with kind='sgd' for the plain "
@@ -355,8 +363,8 @@ class StackedSharpnessTracker:
 
 def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any
                      ) -> SharpnessResult:
-    """Sharpness of a compiled model: S from its plan (and from ``optimizer``'s state for Adam), with the EoS
-    threshold of its optimizer."""
+    """Sharpness of a compiled model: S from its plan (and from ``optimizer``'s state for Adam(W) and Adafactor),
+    with the EoS threshold of its optimizer."""
     plan = compiled.plan
     kind = plan.optimizer
     eta0 = plan.hypers.get("eta0")
@@ -372,10 +380,5 @@ def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | 
         return measure(compiled.model, batch, names=names, adam=moments, ratio=ratio,
                        eos=eos_threshold(kind, eta0, moments.beta1), **kwargs)
     kwargs.pop("preconditioner", None)
-    if kind == "adafactor":    # S² = (lr_p/η0)·max(ε₂, RMS(p))/√v̂, against 2/η0
-        if optimizer is None:
-            raise ValueError("the Adafactor preconditioner needs the optimizer (its factored second moments)")
-        scale = adafactor_preconditioner(compiled.model, names, lrs, eta0, optimizer)
-    else:
-        scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
+    scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
     return measure(compiled.model, batch, names=names, scale=scale, eos=eos_threshold(kind, eta0), **kwargs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -277,4 +277,36 @@ def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                      "slope": log_slope(ok),
                      "slope_small": log_slope([(g, s) for g, s in ok if g <= 1]),
                      "slope_large": log_slope([(g, s) for g, s in ok if g >= 1])}
+    return out
+
+
+def measured_rate(trials: list[dict[str, Any]], curves_of: Callable[[str], dict], lr: float) -> float | None:
+    """The learning rate nearest ``lr`` whose trials carry a sharpness curve (``[measure] sharpness_lrs`` may
+    measure a few rates only), or None when none does."""
+    rates = sorted({t["lr"] for t in trials}, key=lambda v: abs(math.log(v) - math.log(lr)))
+    for rate in rates:
+        if any(len(curves_of(t["id"]).get("sharpness", [])) for t in trials
+               if t["lr"] == rate and t["status"] != "crashed"):
+            return rate
+    return None
+
+
+def sharpness_curves(trials: list[dict[str, Any]], curves_of: Callable[[str], dict], rates: dict[str, float],
+                     size: str = "width") -> dict[str, tuple[float, dict[int, tuple[np.ndarray, np.ndarray]]]]:
+    """Per spec, the measured rate nearest ``rates[spec]`` (the rate of seed 002 Fig. 3's comparison) — the same
+    choice as the figure's — and each size's sharpness curve there: (steps, values) of the first finished trial
+    (lowest seed), kept when it has at least two measurements; specs without any are left out."""
+    out = {}
+    for spec, lr in sorted(rates.items()):
+        lr = measured_rate([t for t in trials if t["spec"] == spec], curves_of, lr)
+        rows = [t for t in trials if t["spec"] == spec and t["status"] == "done"]
+        curves = {}
+        for n in sorted({t[size] for t in rows}):
+            pick = [t for t in rows if t[size] == n and t["lr"] == lr]
+            if pick:
+                c = curves_of(pick[0]["id"])
+                if len(c.get("sharpness", [])) >= 2:
+                    curves[n] = (np.asarray(c["sharp_step"]), np.asarray(c["sharpness"]))
+        if curves:
+            out[spec] = (lr, curves)
     return out

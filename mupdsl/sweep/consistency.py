@@ -126,34 +126,3 @@ def consistency_rates(trials: list[dict[str, Any]], analysis: dict[str, dict[str
         out[spec] = min(sorted({t["lr"] for t in rows}), key=lambda v: abs(math.log(v) - math.log(star)))
     return out
 
-
-def measured_rate(trials: list[dict[str, Any]], curves_of: Callable[[str], dict], lr: float) -> float | None:
-    """The learning rate nearest ``lr`` whose trials carry a sharpness curve (``[measure] sharpness_lrs`` may
-    measure a few rates only), or None when none does."""
-    rates = sorted({t["lr"] for t in trials}, key=lambda v: abs(math.log(v) - math.log(lr)))
-    for rate in rates:
-        if any(len(curves_of(t["id"]).get("sharpness", [])) for t in trials
-               if t["lr"] == rate and t["status"] != "crashed"):
-            return rate
-    return None
-
-
-def sharpness_curves(trials: list[dict[str, Any]], curves_of: Callable[[str], dict], rates: dict[str, float],
-                     size: str = "width") -> dict[str, tuple[float, dict[int, tuple[np.ndarray, np.ndarray]]]]:
-    """Per spec, the measured rate nearest its consistency rate (:func:`consistency_rates`) and each size's
-    sharpness curve there, (steps, values) of the first seed with at least two measurements; specs without any
-    are left out."""
-    out = {}
-    for spec, lr in sorted(rates.items()):
-        rows = [t for t in trials if t["spec"] == spec and t["status"] == "done"]
-        lr = measured_rate(rows, curves_of, lr) if rows else None
-        curves = {}
-        for n in sorted({t[size] for t in rows}):
-            pick = [t for t in rows if t[size] == n and t["lr"] == lr]
-            if pick:
-                c = curves_of(pick[0]["id"])
-                if len(c.get("sharpness", [])) >= 2:
-                    curves[n] = (np.asarray(c["sharp_step"]), np.asarray(c["sharpness"]))
-        if curves:
-            out[spec] = (lr, curves)
-    return out

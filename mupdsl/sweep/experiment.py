@@ -378,12 +378,21 @@ class Experiment(BaseModel):
         if self.decay_to and self.schedule == "constant":
             raise ValueError("decay_to sets the end of a decay: give schedule = \"cosine\" or \"linear\" (or remove "
                              "decay_to)")
+        chosen = self.measure.sharpness_lrs
+        if chosen and not self.measure.sharpness_every:
+            raise ValueError("[measure] sharpness_lrs chooses which trials are measured, but sharpness_every = 0 "
+                             "measures none: set sharpness_every, or remove sharpness_lrs")
         grid = self.lr_values()
-        for lr in self.measure.sharpness_lrs:
-            if grid_rate(lr, grid) is None:
+        snapped = []
+        for lr in chosen:
+            rate = grid_rate(lr, grid)
+            if rate is None:
                 near = min(grid, key=lambda v: abs(math.log(v) - math.log(lr))) if lr > 0 else grid[0]
-                raise ValueError(f"[measure] sharpness_lrs: {lr:g} is not a learning rate of the grid (nearest: "
-                                 f"{near:.6g})")
+                raise ValueError(f"[measure] sharpness_lrs: {lr!r} is not a learning rate of the grid (nearest: "
+                                 f"{near!r})")
+            snapped.append(rate)
+        if snapped:   # the grid's own values, sorted, once each: how they are written does not change trial ids
+            self.measure = self.measure.model_copy(update={"sharpness_lrs": sorted(set(snapped))})
         return self
 
     @field_validator("measure")
@@ -410,13 +419,22 @@ class Experiment(BaseModel):
         return isinstance(self.lrs, AdaptiveGrid)
 
 
+RATE_MATCH = 1e-3
+"""How close (relative) a rate written in a file must be to a grid's rate to name it: a log grid's values are not
+round, and a user copies them from a report (3 digits) or an error message."""
+
+
 def grid_rate(lr: float, grid: list[float]) -> float | None:
-    """The rate of ``grid`` that ``lr`` names (equal to 9 significant digits, as a TOML file writes a log grid's
-    values), or None."""
-    for value in grid:
-        if lr > 0 and abs(value - lr) <= 1e-9 * max(abs(value), abs(lr)):
-            return value
-    return None
+    """The rate of ``grid`` that ``lr`` names — the nearest, within :data:`RATE_MATCH` relative and nearer than half
+    the gap to its neighbours — or None."""
+    if not lr > 0 or not grid:
+        return None
+    ordered = sorted(grid)
+    logs = [math.log(v) for v in ordered]
+    i = min(range(len(ordered)), key=lambda k: abs(logs[k] - math.log(lr)))
+    gaps = [abs(logs[j] - logs[i]) for j in (i - 1, i + 1) if 0 <= j < len(ordered)]
+    tolerance = min([math.log1p(RATE_MATCH)] + [g / 2 for g in gaps])
+    return ordered[i] if abs(logs[i] - math.log(lr)) <= tolerance else None
 
 
 def small(exp: Experiment) -> Experiment:
@@ -432,7 +450,13 @@ def small(exp: Experiment) -> Experiment:
         "coordcheck_widths": [64, 128, 256, 512], "measure": exp.measure.model_copy(update={
             "sharpness_every": min(exp.measure.sharpness_every, 5) if exp.measure.sharpness_every else 0,
             "eval_every": 10, "batch_size": min(exp.measure.batch_size, 64),
-            "sharpness_lrs": [lr for lr in exp.measure.sharpness_lrs if grid_rate(lr, keep) is not None]})})
+            "sharpness_lrs": _nearest_kept(exp.measure.sharpness_lrs, keep)})})
+
+
+def _nearest_kept(chosen: list[float], kept: list[float]) -> list[float]:
+    """Each chosen rate moved to the nearest rate a smaller grid keeps (so that a small run still measures a few
+    rates, not every trial)."""
+    return sorted({min(kept, key=lambda v: abs(math.log(v) - math.log(lr))) for lr in chosen})
 
 
 def device_problem(device: str) -> str | None:

@@ -14,7 +14,7 @@ import matplotlib.ticker
 from matplotlib.figure import Figure
 import numpy as np  # noqa: E402
 
-from .consistency import measured_rate
+from .analysis import measured_rate
 
 
 def figure_slug(spec: str) -> str:
@@ -55,7 +55,8 @@ def triptych(spec: str, trials: list[dict], curves_of, analysis: dict, path: Pat
         if _finite(star.get(w)):
             axes[2].axvline(star[w], color=colors[w], ls=":", lw=1)
     if sharp_lr is None:
-        axes[0].text(0.5, 0.5, "no sharpness measured\n([measure] sharpness_every = 0)", ha="center", va="center",
+        axes[0].text(0.5, 0.5, "no sharpness measured\n(sharpness_every = 0, or no measured trial ran)", ha="center",
+                     va="center",
                      transform=axes[0].transAxes, fontsize=8, color="gray")
     else:
         axes[0].set_yscale("log")

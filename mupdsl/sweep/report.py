@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .analysis import MIN_SIZES, consistency, phase, sharpness_spread, transfer
-from .consistency import consistency_rates, sharpness_curves, width_consistency
+import numpy as np
+
+from .analysis import MIN_SIZES, consistency, phase, sharpness_curves, sharpness_spread, transfer
+from .consistency import consistency_rates, width_consistency
 from .plots import consistency_figure, figure_slug, phase_figure, triptych, width_consistency_figure
 from .results import current_trials, outcome_note, stale_note
 from .store import Store
@@ -81,6 +83,10 @@ def _write(out: Path, store: Store, record, exp: dict) -> tuple[Path, dict]:
     return path, analysis
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "—" if value is None or not np.isfinite(value) else format(value, spec)
+
+
 def _output(store: Store, out: Path, name: str) -> Path:
     """``out/name``, recorded in the store before it is written (``--fresh`` deletes what is recorded)."""
     store.record_output(name)
@@ -114,19 +120,20 @@ def _consistency_section(trials, analysis, store, out: Path, size: str = "width"
     curves_of = curves_of or store.curves
     rates = consistency_rates(trials, analysis, size)
     for spec, (lr, curves) in sharpness_curves(trials, curves_of, rates, size).items():
-        fits = consistency(curves)
-        if not fits:
-            continue
-        figure = consistency_figure(spec, fits, _output(store, out, f"consistency_{figure_slug(spec)}.png"))
-        table = ", ".join(f"{w}: β = {f['beta']:.2f}" if f["beta"] is not None else f"{w}: —"
-                          for w, f in sorted(fits.items()))
         spread = sharpness_spread(curves)
-        medians = ", ".join(f"{w}: {m:.4g}" for w, m in spread["median"].items())
-        ratio = "—" if spread["ratio"] is None else f"{spread['ratio']:.2f}"
+        if spread is None:
+            continue
+        medians = ", ".join(f"{w}: {_number(m, '.4g')}" for w, m in spread["median"].items())
         lines += [f"## Consistency of the sharpness across {size}s: {spec} (lr {lr:.3g})", "",
-                  f"Median of each run's measurements — {medians}; widest / narrowest: {ratio} (≈ 1: the curves lie "
-                  "together).", "",
-                  f"g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β — {table}", "", f"![consistency]({figure.name})", ""]
+                  f"Median of each run's measurements — {medians}; widest / narrowest: "
+                  f"{_number(spread['ratio'], '.2f')} (≈ 1: the curves lie together).", ""]
+        fits = consistency(curves)
+        if fits:
+            figure = consistency_figure(spec, fits, _output(store, out, f"consistency_{figure_slug(spec)}.png"))
+            table = ", ".join(f"{w}: β = {f['beta']:.2f}" if f["beta"] is not None else f"{w}: —"
+                              for w, f in sorted(fits.items()))
+            lines += [f"g(t) = |λ_N(t) − λ_widest(t)| fitted by a·t^β — {table}", "",
+                      f"![consistency]({figure.name})", ""]
     found = width_consistency(trials, curves_of, rates, size)
     if found:
         figure = width_consistency_figure(found, _output(store, out, "consistency_widths.png"), size)

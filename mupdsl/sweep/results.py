@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..spec import SpecError
-from .analysis import phase, sharpness_spread, transfer
-from .consistency import consistency_rates, sharpness_curves, width_consistency
+from .analysis import phase, sharpness_curves, sharpness_spread, transfer
+from .consistency import consistency_rates, width_consistency
 from .experiment import Experiment
 from .keys import gate_keys, inputs_found, plan_trials
 from .store import Store
