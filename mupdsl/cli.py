@@ -268,7 +268,7 @@ def coordcheck_cmd(spec, model, widths, base_width, depth, base_depth, steps, op
 @click.option("--preconditioner", type=click.Choice(["last", "next"]), default="last", show_default=True,
               help="Adam: v̂ of the last update, or of the update the measurement batch's gradient would make.")
 @click.option("--floor-warn", type=float, default=0.25, show_default=True,
-              help="Adam: warn when this share of the top eigenvector lies on coordinates at the ε floor.")
+              help="Adam, Adafactor: warn when this share of the top eigenvector lies on coordinates at the ε floor.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--save-state", type=click.Path(dir_okay=False), default=None,
               help="torch.save the measured model's state_dict here (its plan goes to PATH.plan.json).")
@@ -356,8 +356,8 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
     out().print(f"  top-{top_k}: {', '.join(f'{v:.6g}' for v in result.eigenvalues)}; {result.hvps} HVPs, "
                 f"residuals {', '.join(f'{r:.1e}' for r in result.residual)}, converged {result.converged}")
     if result.floor_share is not None:
-        out().print(f"  share of the top eigenvector at Adam's ε floor (v̂ ≤ ε², preconditioner {preconditioner}): "
-                    f"{100 * result.floor_share:.1f}%")
+        variant = f", preconditioner {preconditioner}" if optimizer in ("adam", "adamw") else ""
+        out().print(f"  share of the top eigenvector at the ε floor (v̂ ≤ ε²{variant}): {100 * result.floor_share:.1f}%")
     if result.warning:
         err().print(f"[yellow]warning: {result.warning}[/]")
     if result.trace is not None:

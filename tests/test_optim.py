@@ -1,13 +1,14 @@
 """SignSGD, Lion, Muon and torch's Adafactor against steps computed by hand on tiny tensors, and the folding rule
 of each family (a weight multiplier moved into the optimizer's settings trains the same)."""
 
+import functools
 import math
 
 import pytest
 import torch
 
 from mupdsl.optim import Combined, Lion, Muon, SignSGD, adafactor_class, fold_settings, newton_schulz
-from mupdsl.optim.families import ADAFACTOR_EPS2
+from mupdsl.optim.families import ADAFACTOR_EPS2, ADAFACTORS
 from mupdsl.optim.muon import NS_COEFFICIENTS, torch_muon_groups
 
 
@@ -139,6 +140,41 @@ def test_adafactor_equals_torch_below_its_cap_and_is_not_capped_above():
     assert not any(torch.allclose(a, b) for a, b in zip(run(ours, 1.0), run(ours, 2.0)))
 
 
+def _adafactor_run(make, start, grads):
+    params = [torch.nn.Parameter(x.clone()) for x in start]
+    opt = make(params)
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def test_adafactor_without_parameter_scaling_is_the_scale_free_step_and_equals_huggingfaces():
+    """scale_parameter=False: the first step is −lr·sign(g) whatever RMS(p) (v = g², no clipping at RMS 1); over 20
+    steps the whole algorithm (factored v̂, clipping, decoupled decay) equals HuggingFace's Adafactor(scale_parameter
+    =False, relative_step=False), and with scaling on it equals HuggingFace's scaled one — an independent
+    implementation (its ε₁ is added to g², so it takes ε₁²)."""
+    transformers = pytest.importorskip("transformers")
+    p = _param([3.0, -4.0])
+    _step(adafactor_class()([p], lr=0.01, scale_parameter=False), p, [0.2, -0.3])
+    assert torch.allclose(p.detach(), torch.tensor([3.0 - 0.01, -4.0 + 0.01]))
+
+    torch.manual_seed(0)
+    shapes = [(6, 5), (5,), (3, 4, 2)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(20)]
+    hf = transformers.optimization.Adafactor
+    for scale in (False, True):
+        for decay in ((0.0, 0.1) if not scale else (0.0,)):   # HF decays by the scaled rate: same only unscaled
+            ours = _adafactor_run(lambda ps: adafactor_class()(ps, lr=0.01, weight_decay=decay, eps=(1e-4, 1e-3),
+                                                               scale_parameter=scale), start, grads)
+            theirs = _adafactor_run(lambda ps: hf(ps, lr=0.01, weight_decay=decay, eps=(1e-8, 1e-3),
+                                                  scale_parameter=scale, relative_step=False), start, grads)
+            for a, b in zip(ours, theirs):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_adafactor_runs_on_a_torch_without_one(monkeypatch):
     monkeypatch.delattr(torch.optim, "Adafactor", raising=False)
     p = _param([3.0, -4.0])
@@ -155,12 +191,14 @@ def _train(make_opt, weight, mult, grads_fn, steps=4):
     return mult * w.detach()
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "signsgd", "lion", "muon", "adafactor"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "signsgd", "lion", "muon", "adafactor",
+                                       "adafactor_unscaled"])
 def test_fold_settings_train_a_multiplier_exactly(optimizer):
     """W = f·w with the folded settings moves as f·w with the plain ones (a power of two: no rounding)."""
     torch.manual_seed(0)
     classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "signsgd": SignSGD,
-               "lion": Lion, "muon": Muon, "adafactor": adafactor_class()}
+               "lion": Lion, "muon": Muon, "adafactor": adafactor_class(),
+               "adafactor_unscaled": functools.partial(adafactor_class(), scale_parameter=False)}
     w0 = torch.randn(6, 4)
     target = torch.randn(6, 4)
 
@@ -168,14 +206,14 @@ def test_fold_settings_train_a_multiplier_exactly(optimizer):
         return W - target * (1 + 0.1 * t)
 
     f, lr, wd, eps = 0.25, 0.01, 0.1, 1e-8
-    folded = fold_settings(optimizer, f, lr, wd, eps if optimizer in ("adam", "adamw", "adafactor") else None)
+    folded = fold_settings(optimizer, f, lr, wd, eps if optimizer in ("adam", "adamw") + ADAFACTORS else None)
 
     def make(lr_, wd_, eps_, eps2_factor=1.0):
         def build(p):
             kw = {"lr": lr_, "weight_decay": wd_}
             if optimizer in ("adam", "adamw"):
                 kw["eps"] = eps_
-            if optimizer == "adafactor":
+            if optimizer in ADAFACTORS:
                 kw["eps"] = (eps_, ADAFACTOR_EPS2 * eps2_factor)
             return classes[optimizer]([p], **kw)
         return build

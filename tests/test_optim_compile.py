@@ -13,7 +13,7 @@ from mupdsl.models.mlp import example_batch
 from mupdsl.optim import Combined, Lion, SignSGD
 
 MLP = "mupdsl.models.mlp"
-PRESET = {"sgd": "mup", "adam": "mup", "adamw": "mup", "signsgd": "mup", "lion": "mup", "adafactor": "mup_adafactor",
+PRESET = {"sgd": "mup", "adam": "mup", "adamw": "mup", "signsgd": "mup", "lion": "mup", "adafactor": "mup_adafactor", "adafactor_unscaled": "mup",
           "muon": "mup_muon"}
 
 
@@ -114,3 +114,85 @@ def test_adafactor_compiles_and_trains_on_a_torch_without_it(monkeypatch):
     compiled(torch.randn(4, 40)).square().mean().backward()
     opt.step()
     assert not torch.equal(before, compiled.model.get_parameter("hidden.0.weight"))
+
+
+def test_adafactor_unscaled_reads_adams_rules_and_runs_without_parameter_scaling():
+    """Without parameter scaling Adafactor's step is lr times a scale-free update, so `mup`'s Adam rules are its
+    rules (hidden lr ∝ 1/fan_in_mult, not mup_adafactor's fan_in_mult^(−½)) and every group says
+    scale_parameter=False."""
+    unscaled = compile_model("mup", MLP, width=256, base_width=64, optimizer="adafactor_unscaled")
+    adam = compile_model("mup", MLP, width=256, base_width=64, optimizer="adam")
+    assert [(t.lr, t.eps) for t in unscaled.plan.tensors] == [(t.lr, t.eps) for t in adam.plan.tensors]
+    assert unscaled.plan.tensor("hidden.0.weight").lr == pytest.approx(unscaled.plan.tensor("input.weight").lr / 4)
+    opt = unscaled.optimizer()
+    assert all(g["scale_parameter"] is False and g["eps"][1] == 1e-3 for g in opt.param_groups)
+    assert all(g["scale_parameter"] is True for g in compile_model(
+        "mup_adafactor", MLP, width=256, base_width=64, optimizer="adafactor").optimizer().param_groups)
+
+
+@pytest.mark.parametrize("spec,optimizer", [("mup_adafactor", "adafactor"), ("mup", "adafactor_unscaled")])
+def test_huggingface_adafactor_trains_a_plan_as_the_tools_own(spec, optimizer):
+    """transformers' Adafactor (relative_step=False) given the plan's groups — ε₁ squared, scale_parameter from the
+    plan — trains the compiled model as mupdsl.optim.Adafactor does; relative_step left on is refused."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.optimization.Adafactor
+    compiled = compile_model(spec, MLP, width=128, base_width=64, optimizer=optimizer, overrides={"eta0": 0.01})
+    start = copy.deepcopy(compiled.model.state_dict())
+    x, y = example_batch(16)
+
+    def train(opt):
+        compiled.model.load_state_dict(start)
+        for _ in range(5):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(compiled.model(x), y).backward()
+            opt.step()
+        return {n: p.detach().clone() for n, p in compiled.model.named_parameters()}
+
+    ours = train(compiled.optimizer())
+    theirs = train(compiled.optimizer(hf, relative_step=False))
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
+    with pytest.raises(CompileError, match=r"relative_step=True"):
+        compiled.optimizer(hf)
+
+
+def test_torch_adafactor_is_refused_for_a_plan_without_parameter_scaling():
+    compiled = compile_model("mup", MLP, width=128, base_width=64, optimizer="adafactor_unscaled")
+    if hasattr(torch.optim, "Adafactor"):
+        with pytest.raises(CompileError, match=r"always scales its step by RMS\(p\)"):
+            compiled.optimizer(torch.optim.Adafactor)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"lr": 0.1}, r"lr=0\.1.*sets lr for every tensor"),
+                                          ({"weight_decay": 0.1}, r"sets weight_decay for every tensor"),
+                                          ({"eps": 1e-6}, r"sets eps for every tensor")])
+def test_a_keyword_the_plan_sets_per_tensor_is_refused_not_ignored(kwargs, match):
+    """A group's value overrides the constructor's default, so lr=…, weight_decay=… or eps=… would be ignored."""
+    compiled = compile_model("mup", MLP, width=128, base_width=64, optimizer="adam")
+    with pytest.raises(CompileError, match=match):
+        compiled.optimizer(**kwargs)
+    assert compiled.optimizer(betas=(0.9, 0.95)).param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_muon_keywords_go_to_muon_and_a_second_shape_factor_is_refused():
+    compiled = compile_model("mup_muon", MLP, width=128, base_width=64, optimizer="muon")
+    opt = compiled.optimizer(ns_steps=3, fallback_kwargs={"betas": (0.8, 0.9)})
+    assert all(g["ns_steps"] == 3 for g in opt.parts["muon"].param_groups)
+    assert all(g["betas"] == (0.8, 0.9) for g in opt.parts["adamw"].param_groups)
+    if hasattr(torch.optim, "Muon"):
+        assert isinstance(compiled.optimizer(adjust_lr_fn="original").parts["muon"], torch.optim.Muon)
+    with pytest.raises(CompileError, match=r"adjust_lr_fn='match_rms_adamw'"):
+        compiled.optimizer(adjust_lr_fn="match_rms_adamw")
+    with pytest.raises(CompileError, match=r"fallback_kwargs is for a Muon plan"):
+        compile_model("mup", MLP, width=128, base_width=64, optimizer="adam").optimizer(fallback_kwargs={})
+
+
+def test_muon_falls_back_to_adafactor_without_parameter_scaling(tmp_path):
+    path = tmp_path / "m.param"
+    path.write_text("extends mup_muon\nmuon {\n  fallback = adafactor_unscaled\n}\n")
+    compiled = compile_model(str(path), MLP, width=128, base_width=64, optimizer="muon")
+    adam = compile_model("mup", MLP, width=128, base_width=64, optimizer="adam")
+    assert compiled.plan.tensor("readout.weight").lr == adam.plan.tensor("readout.weight").lr   # mup's adam rules
+    opt = compiled.optimizer()
+    assert set(opt.parts) == {"muon", "adafactor_unscaled"}
+    assert all(g["scale_parameter"] is False for g in opt.parts["adafactor_unscaled"].param_groups)

@@ -11,7 +11,7 @@ from mupdsl.measure import coordcheck
 FAST = dict(widths=(64, 128, 256, 512), seeds=2, batch_size=16)
 MLP = "mupdsl.models.mlp"
 FAMILIES = {"signsgd": ("mup", "sp"), "lion": ("mup", "sp"), "adafactor": ("mup_adafactor", "sp_adafactor"),
-            "muon": ("mup_muon", "sp_muon")}
+            "adafactor_unscaled": ("mup", "sp"), "muon": ("mup_muon", "sp_muon")}
 
 
 TRANSFORMER = dict(widths=(64, 128, 256, 512), seeds=2, steps=3, batch_size=8)

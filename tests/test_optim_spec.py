@@ -91,6 +91,9 @@ def test_preset_exponents_for_the_new_families():
     # Adafactor: c_Adam − b (Everett et al. 2024): hidden ½, input and output 0
     assert abc("mup_adafactor", "adafactor", "hidden") == (0, F(1, 2), F(1, 2))
     assert abc("mup_adafactor", "adafactor", "output") == (1, 0, 0)
+    # Adafactor without parameter scaling: a scale-free step times lr, as Adam's, so Adam's rules and exponents
+    for role in ("input", "hidden", "output", "bias"):
+        assert abc("mup", "adafactor_unscaled", role) == abc("mup", "adam", role)
     # Muon: spectral condition, hidden lr width-independent; the rest is AdamW's µP
     assert abc("mup_muon", "muon", "hidden") == (0, F(1, 2), 0)
     assert abc("mup_muon", "muon", "output") == abc("mup", "adam", "output")
@@ -98,9 +101,9 @@ def test_preset_exponents_for_the_new_families():
 
 def test_symmetries_and_their_invariants():
     assert invariant_names("sgd") == ("a+b", "2a+c") and invariant_names("lion") == ("a+b", "a+c")
-    assert invariant_names("adafactor") == ("a+b", "c")
+    assert invariant_names("adafactor") == ("a+b", "c") and invariant_names("adafactor_unscaled") == ("a+b", "a+c")
     assert set(SYMMETRY) == set(LR_POWER) == set(FAMILY)
-    power = {"sgd": 2, "adam": 1, "adafactor": 0}
+    power = {"sgd": 2, "adam": 1, "adafactor": 0}   # adafactor_unscaled folds as the adam family
     assert all(LR_POWER[o] == power[f] for o, f in FAMILY.items())   # the spec's symmetry is the compiler's folding
     note = explain(load_spec("mup_muon"), "muon").symmetry
     assert "no symmetry maps Muon's exponents to Adam's" in note and "fallback is adamw" in note

@@ -421,17 +421,20 @@ def test_top_k_finds_every_copy_of_a_repeated_eigenvalue(batched):
         assert torch.linalg.vector_norm(A @ vector - value * vector) < 1e-6
 
 
-def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_dense_hessian():
+@pytest.mark.parametrize("spec,optimizer", [("mup_adafactor", "adafactor"), ("mup", "adafactor_unscaled")])
+def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_dense_hessian(spec, optimizer):
     """After one Adafactor step v̂ is known in closed form (β2_1 = 0: v = g² for a vector, R Cᵀ/mean(R) of the row
-    and column means of g² for a matrix), so S² = (lr_p/η0) · max(ε₂, RMS(p)) / √v̂ is checked against numbers
-    computed here from the gradient; then λmax(S H S) by the tool against a dense float64 eigendecomposition."""
+    and column means of g² for a matrix), so S² = (lr_p/η0) · max(ε₂, RMS(p)) / √v̂ (without parameter scaling:
+    no RMS factor) is checked against numbers computed here from the gradient, with the ε₁ floor (v̂ ≤ ε₁², ε₁ large
+    enough to catch some coordinates); then λmax(S H S) by the tool and the floor's share of its top eigenvector
+    against a dense float64 eigendecomposition."""
     from mupdsl.compile import compile_model
     from mupdsl.measure.hvp import Batch
     from mupdsl.measure.sharpness import adafactor_preconditioner, measure
 
     torch.manual_seed(0)
-    compiled = compile_model("mup_adafactor", "mupdsl.models.mlp", width=8, base_width=4, optimizer="adafactor",
-                             overrides={"eta0": 0.01})
+    compiled = compile_model(spec, "mupdsl.models.mlp", width=8, base_width=4, optimizer=optimizer,
+                             overrides={"eta0": 0.01, "eps0": 0.02})
     model = compiled.model.double()
     names = [t.name for t in compiled.plan.tensors]
     opt = compiled.optimizer()
@@ -440,8 +443,8 @@ def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_den
     grads = {n: model.get_parameter(n).grad.detach().clone() for n in names}
     opt.step()
     lrs = {n: lr for n, (lr, _, _) in compiled.settings().items()}
-    S = adafactor_preconditioner(model, names, lrs, 0.01, opt)
-    expected = []
+    S, floor = adafactor_preconditioner(model, names, lrs, 0.01, opt)
+    expected, expected_floor = [], []
     for n in names:
         p, g = model.get_parameter(n).detach(), grads[n]
         group = next(gr for gr in opt.param_groups if any(q is model.get_parameter(n) for q in gr["params"]))
@@ -452,9 +455,11 @@ def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_den
             v_hat = row @ col / row.mean().clamp(min=eps1)
         else:
             v_hat = g * g
-        rms = max(eps2, float(p.norm() / p.numel() ** 0.5))
+        rms = max(eps2, float(p.norm() / p.numel() ** 0.5)) if optimizer == "adafactor" else 1.0
         expected.append((lrs[n] / 0.01 * rms / v_hat.clamp(min=eps1 ** 2).sqrt()).reshape(-1))
+        expected_floor.append((v_hat <= eps1 ** 2).reshape(-1))
     torch.testing.assert_close(S.square(), torch.cat(expected), rtol=1e-9, atol=0)
+    assert torch.equal(floor, torch.cat(expected_floor)) and 0 < int(floor.sum()) < floor.numel()
 
     flat = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
     shapes = [model.get_parameter(n).shape for n in names]
@@ -464,9 +469,11 @@ def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_den
         return torch.nn.functional.cross_entropy(torch.func.functional_call(model, parts, (x,)), y)
 
     H = torch.autograd.functional.hessian(loss_of, flat)
-    dense = torch.linalg.eigvalsh(S[:, None] * H * S[None, :]).max().item()
-    result = measure(model, Batch((x,), y), scale=S, names=names, tol=1e-10)
-    assert result.sharpness == pytest.approx(dense, rel=1e-6)
+    values, vectors = torch.linalg.eigh(S[:, None] * H * S[None, :])
+    result = measure(model, Batch((x,), y), scale=S, floor=floor, names=names, tol=1e-10)
+    assert result.sharpness == pytest.approx(values[-1].item(), rel=1e-6)
+    share = vectors[floor, -1].square().sum().item()
+    assert share > 0.1 and result.floor_share == pytest.approx(share, rel=1e-4)
 
 
 def test_cli_measures_adafactor_and_refuses_optimizers_without_a_diagonal_preconditioner(tmp_path):

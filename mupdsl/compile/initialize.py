@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..optim import Combined, Lion, Muon, SignSGD, adafactor_class, muon_class, torch_muon_groups
-from ..optim.families import ADAFACTOR_EPS2, CLASS_FAMILY, DECOUPLED_DECAY, FAMILY
+from ..optim.families import ADAFACTOR_EPS2, ADAFACTORS, CLASS_FAMILY, DECOUPLED_DECAY, FAMILY
 from .errors import CompileError
 from .plan import Plan, TensorPlan
 
@@ -161,18 +161,20 @@ def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:
     """Optimizer parameter groups with the plan's carried lr, weight decay and ε; tensors with equal settings
     share a group (``names`` lists them). Parameters are looked up by name on ``model`` now, so groups built after
     ``fully_shard`` hold its sharded parameters. Under Muon each group also says which optimizer trains it
-    (``optimizer``: ``muon`` or the fallback); Adafactor's ``eps`` is its pair (ε₁, ε₂) with ε₂ folded."""
+    (``optimizer``: ``muon`` or the fallback); Adafactor's ``eps`` is its pair (ε₁, ε₂) with ε₂ folded, and its
+    ``scale_parameter`` says whether the step is scaled by RMS(p) (``adafactor``) or not (``adafactor_unscaled``)."""
     groups: dict[tuple, dict[str, Any]] = {}
     for t in plan.tensors:
         c = t.carried
         lr, wd, eps = (c.lr, c.wd, c.eps) if c is not None else (t.lr, t.wd, t.eps)
         by = t.optimizer or plan.optimizer
-        eps2 = ADAFACTOR_EPS2 * abs(c.fold if c is not None else 1.0) if by == "adafactor" else None
+        eps2 = ADAFACTOR_EPS2 * abs(c.fold if c is not None else 1.0) if by in ADAFACTORS else None
         key = (by, lr, wd, eps, eps2)
         if key not in groups:
             group: dict[str, Any] = {"params": [], "names": [], "lr": lr, "weight_decay": wd or 0.0}
-            if by == "adafactor":
-                group["eps"] = (eps, eps2)
+            if by in ADAFACTORS:
+                group["eps"] = (eps, eps2 if by == "adafactor" else ADAFACTOR_EPS2)
+                group["scale_parameter"] = by == "adafactor"
             elif by != "sgd" and eps is not None:
                 group["eps"] = eps
             if plan.optimizer == "muon":
@@ -185,7 +187,7 @@ def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:
 
 def _default_class(optimizer: str) -> type:
     """The class that runs ``optimizer`` (a CompileError naming the torch release where the installed one lacks it)."""
-    if optimizer == "adafactor":
+    if optimizer in ADAFACTORS:
         return adafactor_class()
     return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "signsgd": SignSGD,
             "lion": Lion, "muon": muon_class()}[optimizer]
@@ -196,6 +198,13 @@ def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None 
     other way (decoupled vs L2). ``names``: the tensors it trains (default all)."""
     tensors = [t for t in plan.tensors if names is None or t.name in names]
     family = CLASS_FAMILY.get(cls.__name__)
+    if family == "adafactor" and optimizer == "adafactor_unscaled":
+        if "scale_parameter" not in inspect.signature(cls.__init__).parameters:
+            raise CompileError(f"{cls.__module__}.{cls.__name__} always scales its step by RMS(p); the plan is for "
+                               "Adafactor without parameter scaling (adafactor_unscaled)",
+                               hint="use mupdsl.optim.Adafactor (compiled.optimizer() without cls), or compile "
+                                    "with --optimizer adafactor")
+        family = "adam"      # its groups say scale_parameter=False: lr times a scale-free step, as Adam's
     folded = any(t.carried is not None and t.carried.fold != 1.0 for t in tensors)
     wanted = FAMILY[optimizer]
     if folded and family != wanted:
@@ -220,6 +229,7 @@ def _build(cls: type, groups: list[dict[str, Any]], **kwargs) -> torch.optim.Opt
     """``cls`` over ``groups``, keeping only the keys its constructor takes (ε for SGD is left out)."""
     accepted = set(inspect.signature(cls.__init__).parameters)
     groups = [{k: v for k, v in g.items() if k in ("params", "names", "lr") or k in accepted} for g in groups]
+    _check_kwargs(cls, groups, kwargs)
     if "lr" not in accepted:
         for g in groups:
             g.pop("lr", None)
@@ -236,11 +246,60 @@ def optimizer_for(model: nn.Module, plan: Plan, cls: type | None = None, **kwarg
     where torch lacks it, and for tensors of more than two dimensions) for the tensors Muon owns — with torch's shape
     factor divided out, since the plan's rates hold the spec's — and the fallback for the rest; ``kwargs`` go to
     Muon, ``fallback_kwargs={...}`` to the fallback."""
+    fallback_kwargs = kwargs.pop("fallback_kwargs", None)
+    _check_adjust_lr(kwargs)
     if plan.optimizer == "muon":
-        return _muon_optimizer(model, plan, cls, kwargs.pop("fallback_kwargs", None) or {}, kwargs)
+        return _muon_optimizer(model, plan, cls, fallback_kwargs or {}, kwargs)
+    if fallback_kwargs is not None:
+        raise CompileError(f"fallback_kwargs is for a Muon plan's fallback optimizer; this plan is {plan.optimizer}'s",
+                           hint="pass the keyword arguments directly")
     cls = cls or _default_class(plan.optimizer)
     _check_family(cls, plan.optimizer, plan)
-    return _build(cls, param_groups(model, plan), **kwargs)
+    groups = param_groups(model, plan)
+    if plan.optimizer in ADAFACTORS:
+        groups = _huggingface_adafactor_groups(cls, groups, kwargs)
+    return _build(cls, groups, **kwargs)
+
+
+def _huggingface_adafactor_groups(cls: type, groups: list[dict[str, Any]], kwargs: dict) -> list[dict[str, Any]]:
+    """Groups for HuggingFace's ``transformers.Adafactor`` (recognised by its ``relative_step``), which runs the same
+    algorithm with other conventions: ``relative_step=True`` replaces the rate by min(10⁻², 1/√t), so it must be
+    off; its ε₁ is added to g² where torch's floors √v̂, so it takes ε₁² (10⁻³⁰ for torch's default); and it decays
+    weights by the parameter-scaled rate, which no plan's weight decay means. Other classes get ``groups``."""
+    params = inspect.signature(cls.__init__).parameters
+    if "relative_step" not in params:
+        return groups
+    if kwargs.get("relative_step", params["relative_step"].default):
+        raise CompileError(f"{cls.__name__}(relative_step=True) replaces the learning rate by min(1e-2, 1/√t), so "
+                           "the plan's per-tensor rates would not be used", hint="pass relative_step=False")
+    if any(g["weight_decay"] and g.get("scale_parameter", True) for g in groups):
+        raise CompileError(f"{cls.__name__} decays weights by lr·RMS(p)·wd per step, the plan by lr·wd",
+                           hint="use mupdsl.optim.Adafactor (compiled.optimizer() without cls)")
+    return [{**g, "eps": (1e-30 if g["eps"][0] is None else g["eps"][0] ** 2, g["eps"][1])} for g in groups]
+
+
+PLAN_KEYS = {"lr": "lr", "weight_decay": "wd", "eps": "eps"}
+"""Optimizer settings the plan sets per tensor, with the spec key that sets them."""
+
+
+def _check_kwargs(cls: type, groups: list[dict[str, Any]], kwargs: dict) -> None:
+    """Refuse a keyword argument that a group sets: each group's value overrides the constructor's default, so it
+    would be ignored silently."""
+    for key in kwargs:
+        if any(key in g for g in groups):
+            spec_key = PLAN_KEYS.get(key)
+            hint = (f"the spec's {spec_key} rules set it (a preset scales eta0, wd0 or eps0: --set NAME=…)"
+                    if spec_key else "compile with --optimizer adafactor (scaled by RMS(p)) or adafactor_unscaled")
+            raise CompileError(f"{cls.__name__}({key}={kwargs[key]!r}): the plan sets {key} for every tensor, so "
+                               f"the optimizer would ignore this", hint=hint)
+
+
+def _check_adjust_lr(kwargs: dict) -> None:
+    """torch.optim.Muon's ``adjust_lr_fn`` other than ``original`` would scale the spec's rate a second time."""
+    if kwargs.get("adjust_lr_fn", "original") != "original":
+        raise CompileError(f"adjust_lr_fn={kwargs['adjust_lr_fn']!r}: the spec's Muon rate is the whole rate, and "
+                           "mupdsl divides torch.optim.Muon's own shape factor back out",
+                           hint="write the factor in the spec instead (sp_muon_rms is match_rms_adamw's)")
 
 
 def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwargs: dict, kwargs: dict) -> Combined:
@@ -259,9 +318,9 @@ def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwa
     matrices, kernels = [g for g in matrices if g["params"]], [g for g in kernels if g["params"]]
     if cls is getattr(torch.optim, "Muon", None):
         if matrices:
-            parts["muon"] = _build(cls, torch_muon_groups(matrices), adjust_lr_fn="original", **kwargs)
-        if kernels:
-            parts["muon_kernels"] = _build(Muon, kernels, **kwargs)
+            parts["muon"] = _build(cls, torch_muon_groups(matrices), **{**kwargs, "adjust_lr_fn": "original"})
+        if kernels:     # mupdsl's Muon has no shape factor to adjust
+            parts["muon_kernels"] = _build(Muon, kernels, **{k: v for k, v in kwargs.items() if k != "adjust_lr_fn"})
     elif owned:
         parts["muon"] = _build(cls, matrices + kernels, **kwargs)
     if rest:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..optim.families import ADAFACTORS
 from ..spec import Spec, SpecError
 from ..spec.expr import Monomial
 from ..spec.resolve import (SECTION_RANK, most_specific_rule, network, resolve_settings, rule_matches, tensor_rule,
@@ -277,7 +278,7 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
             init_std=init_std, default_std=keep_stds.get(info.name), base_std=base_stds.get(info.name),
             init_scale=init_scale, mult=mult, lr=_value(rule.lr, sizes, "lr", info.name),
             wd=_value(rule.wd, sizes, "wd", info.name),
-            eps=_value(rule.eps, sizes, "eps", info.name) if by in ("adam", "adamw", "adafactor") else None,
+            eps=_value(rule.eps, sizes, "eps", info.name) if by in ("adam", "adamw") + ADAFACTORS else None,
             rule=best or (f"{winners[0].pos.path}:{winners[0].pos.line}" if winners else ""),
             rules={k: f"{s.pos.path}:{s.pos.line}" for k, s in settings.items()},
             tied_to=info.aliases, use_mults=use_mults, module_level=info.module_level, guessed=info.guessed,

@@ -36,6 +36,7 @@ from ..train.losses import logits_of
 from .taps import INPUT_PART, WEIGHT_PART, ModuleTaps, is_part, tap_points
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.005, "adamw": 0.005, "signsgd": 0.005, "lion": 0.005, "adafactor": 0.05,
+              "adafactor_unscaled": 0.005,
               "muon": 0.005}
 """Learning rates large enough that SP's blow-up shows within 4 steps on the reference models (measured, see
 docs/coordcheck.md); ``--set eta0=…`` overrides."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..optim.families import ADAFACTORS
 from .hutchinson import hutchinson, hutchinson_batched
 from .hvp import Batch, HessianOperator, StackedHessianOperator
 from .lanczos import Eigen, lanczos, lanczos_batched
@@ -30,7 +31,7 @@ the last update (seed 002 App. J.1); ``next`` — the preconditioner of the upda
 would make, v ← β2 v + (1 − β2) g² at step t + 1 (Cohen et al. 2022's full-batch ordering: P_t and H_t at the same
 point)."""
 FLOOR_WARN = 0.25
-"""Warn when more than this share of the top eigenvector lies on coordinates at Adam's ε floor."""
+"""Warn when more than this share of the top eigenvector lies on coordinates at the ε floor (Adam's, Adafactor's ε₁)."""
 
 
 def adam_scale(ratio: torch.Tensor, v_hat: torch.Tensor, eps: torch.Tensor | float, beta1: float, step: int
@@ -65,7 +66,7 @@ def floor_warning(share: float, threshold: float = FLOOR_WARN) -> str | None:
     """The message a large floor share deserves, or None."""
     if share <= threshold:
         return None
-    return (f"{100 * share:.0f}% of the top eigenvector of D P⁻¹ H lies on coordinates at Adam's ε floor "
+    return (f"{100 * share:.0f}% of the top eigenvector of D P⁻¹ H lies on coordinates at the ε floor "
             f"(v̂ ≤ ε², preconditioner lr/ε): the value measures directions the training gradients never moved "
             f"(e.g. units dead on the training batches), not the trained landscape; measure on a larger batch, "
             f"with preconditioner = \"next\", or read it as an upper bound")
@@ -127,10 +128,10 @@ def preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], et
     orthogonalisation), and are refused rather than measured as SGD. For Adam, ``variant`` is one of
     :data:`PRECONDITIONERS` (``gradient``: the measurement batch's, for ``next``); :func:`adam_preconditioner` also
     returns the ε-floor mask."""
-    if kind == "adafactor":
+    if kind in ADAFACTORS:
         if optimizer is None:
             raise ValueError("the Adafactor preconditioner needs the optimizer (its factored second moments)")
-        return adafactor_preconditioner(model, names, lrs, eta0, optimizer)
+        return adafactor_preconditioner(model, names, lrs, eta0, optimizer)[0]
     return adam_preconditioner(model, names, lrs, eta0, optimizer, kind, variant, gradient)[0]
 
 
@@ -138,11 +139,12 @@ def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float
                         optimizer: torch.optim.Optimizer | None = None, kind: str = "sgd", variant: str = "last",
                         gradient: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(S, the ε-floor mask or None for SGD); see :func:`preconditioner`."""
-    if kind == "adafactor":
+    if kind in ADAFACTORS:
         raise ValueError("Adafactor's S has no ε-floor mask: use preconditioner(kind='adafactor') or "
                          "adafactor_preconditioner")
     if kind not in ("sgd", "adam", "adamw"):
-        raise ValueError(f"the preconditioned sharpness is defined for sgd, adam, adamw and adafactor, not {kind} "
+        raise ValueError(f"the preconditioned sharpness is defined for sgd, adam, adamw and adafactor(_unscaled), "
+                         f"not {kind} "
                          "(no diagonal preconditioner: docs/optimizers.md); measure with kind='sgd' for the plain "
                          "learning-rate-scaled Hessian")
     params = dict(model.named_parameters())
@@ -156,13 +158,15 @@ def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float
 
 
 def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
-                             optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """S (flat, in the order of ``names``) for Adafactor (:class:`mupdsl.optim.Adafactor`, or torch's below its cap):
+                             optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, the ε₁-floor mask v̂ ≤ ε₁², as Adam's :func:`at_floor`), flat in the order of ``names``, for Adafactor (:class:`mupdsl.optim.Adafactor`, or torch's below its cap):
     its step is lr_p · max(ε₂, RMS(p)) · g / √v̂ with v̂ the factored second moment R Cᵀ / mean(R) of a matrix (the
     plain one of a vector), so with D = diag(lr_p / η0), S² = D · max(ε₂, RMS(p)) / √max(v̂, ε₁²) and λmax(S H S)
-    is compared with 2/η0 (no momentum). The update-norm clipping (d) is left out: the linearised step."""
+    is compared with 2/η0 (no momentum). The update-norm clipping (d) is left out: the linearised step. A group with
+    ``scale_parameter=False`` (``adafactor_unscaled``) has no RMS(p) factor: S² = D / √max(v̂, ε₁²), Adam's without
+    momentum."""
     params = dict(model.named_parameters())
-    parts = []
+    parts, floors = [], []
     for name in names:
         p = params[name]
         state = optimizer.state.get(p, {})
@@ -176,14 +180,15 @@ def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, 
             v_hat = (row @ col) / row.mean(dim=-2, keepdim=True).clamp(min=floor)
         else:
             v_hat = state["variance"]
-        scale = max(eps2, p.detach().norm(2).item() / p.numel() ** 0.5)
+        scale = max(eps2, p.detach().norm(2).item() / p.numel() ** 0.5) if group.get("scale_parameter", True) else 1.0
         parts.append((lrs[name] / eta0 * scale / v_hat.clamp(min=floor * floor).sqrt()).reshape(-1))
-    return torch.cat(parts).sqrt()
+        floors.append(at_floor(v_hat, floor).reshape(-1))
+    return torch.cat(parts).sqrt(), torch.cat(floors)
 
 
 def eos_threshold(kind: str, eta0: float, beta1: float = 0.9) -> float:
     """2/η0 for SGD and Adafactor (no momentum); 2(1+β1)/((1−β1)η0) for Adam (seed 002 App. J.1)."""
-    if kind in ("sgd", "adafactor"):
+    if kind in ("sgd",) + ADAFACTORS:
         return 2.0 / eta0
     return 2.0 * (1 + beta1) / ((1 - beta1) * eta0)
 
@@ -202,7 +207,7 @@ class SharpnessResult:
     gauss_newton: float | None = None
     residual_part: float | None = None
     floor_share: float | None = None
-    """Adam: the share of the top eigenvector on coordinates at the ε floor (:func:`floor_share`)."""
+    """Adam and Adafactor: the share of the top eigenvector on coordinates at the ε floor (:func:`floor_share`)."""
     warning: str | None = None
     vectors: list[torch.Tensor] = field(default_factory=list, repr=False)
     scale: torch.Tensor | None = field(default=None, repr=False)
@@ -380,5 +385,11 @@ def measure_compiled(compiled, batch: Batch, optimizer: torch.optim.Optimizer | 
         return measure(compiled.model, batch, names=names, adam=moments, ratio=ratio,
                        eos=eos_threshold(kind, eta0, moments.beta1), **kwargs)
     kwargs.pop("preconditioner", None)
+    if kind in ADAFACTORS:
+        if optimizer is None:
+            raise ValueError("the Adafactor preconditioner needs the optimizer (its factored second moments)")
+        scale, floor = adafactor_preconditioner(compiled.model, names, lrs, eta0, optimizer)
+        return measure(compiled.model, batch, names=names, scale=scale, floor=floor, eos=eos_threshold(kind, eta0),
+                       **kwargs)
     scale = preconditioner(compiled.model, names, lrs, eta0, optimizer, kind)
     return measure(compiled.model, batch, names=names, scale=scale, eos=eos_threshold(kind, eta0), **kwargs)

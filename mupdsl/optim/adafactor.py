@@ -11,6 +11,10 @@ algorithm (same defaults, the same state names):
     p ← p (1 − lr λ) − lr · max(ε₂, RMS(p)) · u / max(1, RMS(u)/d).
 
 It equals ``torch.optim.Adafactor`` step for step whenever lr ≤ 1/√t (tested).
+
+``scale_parameter=False`` drops the parameter scale, ``p ← p (1 − lr λ) − lr · u / max(1, RMS(u)/d)``, as
+HuggingFace's ``Adafactor(scale_parameter=False, relative_step=False)`` runs it (its recipe for fine-tuning T5). The
+step is then an Adam-like scale-free update, so µP's rules for it are Adam's (spec optimizer ``adafactor_unscaled``).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import torch
 class Adafactor(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, scale_parameter: bool = True) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Adafactor's learning rate must be non-negative, got {lr}")
         if not beta2_decay <= 0.0:
             raise ValueError(f"beta2_decay must be at most 0, got {beta2_decay}")
-        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, maximize=maximize)
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, maximize=maximize,
+                        scale_parameter=scale_parameter)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -54,7 +59,9 @@ class Adafactor(torch.optim.Optimizer):
                 t = float(state["step"])
                 floor = torch.finfo(p.dtype).eps if eps1 is None else eps1
                 one_minus_beta2 = t ** group["beta2_decay"]
-                alpha = max(eps2, p.norm(2).item() / p.numel() ** 0.5) * lr     # ρ_t = lr
+                alpha = lr                                                      # ρ_t = lr
+                if group.get("scale_parameter", True):     # a state saved before the option scales
+                    alpha *= max(eps2, p.norm(2).item() / p.numel() ** 0.5)
                 if decay:
                     p.mul_(1 - lr * decay)
                 if grad.dim() > 1:

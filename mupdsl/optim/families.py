@@ -12,6 +12,8 @@ settings under which ``W`` moves exactly as ``f · w`` would (the abc-symmetry, 
   "parameter scaling"): ``lr`` and the decoupled ``wd`` unchanged, ``ε₁ / a``, ``ε₂ · a``. Its symmetry is
   ``(a+θ, b−θ, c)`` (Everett et al. 2024, §4.1 of the reference tables). The class is :class:`mupdsl.optim.Adafactor`,
   whose rate multiplies the step; ``torch.optim.Adafactor`` caps it at 1/√t instead (:mod:`mupdsl.optim.adafactor`).
+  Without parameter scaling (``adafactor_unscaled``) its step is lr times a scale-free update: the ``adam`` family
+  (ε₁ / a; ε₂ is not used).
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from dataclasses import dataclass
 import torch
 
 FAMILY = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "signsgd": "adam", "lion": "adam", "muon": "adam",
-          "adafactor": "adafactor"}
+          "adafactor": "adafactor", "adafactor_unscaled": "adam"}
 """The folding family of each optimizer a spec can name."""
 
-DECOUPLED_DECAY = ("adamw", "signsgd", "lion", "muon", "adafactor")
+DECOUPLED_DECAY = ("adamw", "signsgd", "lion", "muon", "adafactor", "adafactor_unscaled")
 """Optimizers whose weight decay is ``p ← p (1 − lr λ)`` rather than an L2 term in the gradient."""
+
+ADAFACTORS = ("adafactor", "adafactor_unscaled")
+"""The spec optimizers run by :class:`mupdsl.optim.Adafactor`: with parameter scaling (torch's algorithm) and without
+(``scale_parameter=False``, HuggingFace's fine-tuning recipe)."""
 
 ADAFACTOR_EPS2 = 1e-3
 """torch.optim.Adafactor's default ε₂, the floor of the parameter scale ``max(ε₂, RMS(p))``."""
@@ -58,7 +64,7 @@ def fold_settings(optimizer: str, fold: float, lr: float, wd: float | None, eps:
     if family == "sgd":
         return Folded(lr * fold * fold, None if wd is None else wd / (fold * fold), None)
     decoupled = optimizer in DECOUPLED_DECAY
-    takes_eps = optimizer in ("adam", "adamw", "adafactor")
+    takes_eps = optimizer in ("adam", "adamw") + ADAFACTORS
     eps = eps / a if takes_eps and eps is not None else None
     if family == "adafactor":
         return Folded(lr, wd, eps, eps2_factor=a)
@@ -75,5 +81,5 @@ def adafactor_class() -> type[torch.optim.Optimizer]:
     return Adafactor
 
 
-__all__ = ["ADAFACTOR_EPS2", "CLASS_FAMILY", "DECOUPLED_DECAY", "FAMILY", "Folded", "adafactor_class",
+__all__ = ["ADAFACTORS", "ADAFACTOR_EPS2", "CLASS_FAMILY", "DECOUPLED_DECAY", "FAMILY", "Folded", "adafactor_class",
            "fold_settings"]

@@ -23,7 +23,8 @@ from .expr import Monomial
 from .model import ROLES, Spec
 from .resolve import Network, network, resolve_settings, tensor_rule, missing_keys, trained_by
 
-LR_POWER = {"sgd": 2, "adam": 1, "adamw": 1, "signsgd": 1, "lion": 1, "muon": 1, "adafactor": 0}
+LR_POWER = {"sgd": 2, "adam": 1, "adamw": 1, "signsgd": 1, "lion": 1, "muon": 1, "adafactor": 0,
+            "adafactor_unscaled": 1}
 """k of the symmetry ``(a+θ, b−θ, c−kθ)``: how many powers of a weight multiplier the learning rate absorbs."""
 
 SYMMETRY = {
@@ -37,6 +38,9 @@ SYMMETRY = {
     "adafactor": "(a, b, c) → (a+θ, b−θ, c): torch.optim.Adafactor multiplies its scale-free step by "
                  "max(ε₂, RMS(p)) (parameter scaling, always on), which moves with b, so the learning rate absorbs "
                  "nothing; c_Adafactor = c_Adam − b (Everett et al. 2024): an Adam rule is not an Adafactor rule.",
+    "adafactor_unscaled": "(a, b, c) → (a+θ, b−θ, c−θ) as ε₁ → 0: without parameter scaling Adafactor's step is lr "
+                          "times g/√v̂ (factored v̂), clipped to RMS ≤ d, which does not depend on the gradient's "
+                          "scale, as Adam's; µP's rules are Adam's (HuggingFace's Adafactor(scale_parameter=False)).",
     "muon": "tensors Muon owns: (a, b, c) → (a+θ, b−θ, c−θ) — Newton–Schulz first divides by ‖G‖_F, so the step "
             "does not depend on the gradient's scale (torch's bfloat16 iteration: up to rounding). But no symmetry "
             "maps Muon's exponents to Adam's: its step has spectral norm Θ(1) (entries ~ 1/√max(fan_in, fan_out)) "

@@ -2,7 +2,7 @@
 
 A :class:`Spec` is the result of loading a file and every file it ``extends``: hyperparameters with their
 values, an ordered list of :class:`Rule` (each with the section it belongs to: all optimizers, ``sgd``,
-``adam``, ``adamw``, ``signsgd``, ``lion``, ``adafactor`` or ``muon``) and the network-level settings. Nothing here
+``adam``, ``adamw``, ``signsgd``, ``lion``, ``adafactor``, ``adafactor_unscaled`` or ``muon``) and the network-level settings. Nothing here
 imports torch.
 """
 
@@ -19,9 +19,9 @@ ROLES = ("input", "hidden", "output", "bias", "norm", "embedding", "scalar")
 """Tensor roles (TP5 App. B): input weights, hidden (matrix-like) weights, the readout, biases,
 normalisation gains/biases, embedding tables, and scalar-like parameters."""
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "muon")
+OPTIMIZERS = ("sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "adafactor_unscaled", "muon")
 SECTIONS = ("all",) + OPTIMIZERS
-SectionName = Literal["all", "sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "muon"]
+SectionName = Literal["all", "sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "adafactor_unscaled", "muon"]
 
 TENSOR_KEYS = ("init", "mult", "lr", "wd", "eps", "muon")
 """Per-tensor settings: init distribution, forward multiplier, learning rate, weight decay, Adam epsilon, and
@@ -32,7 +32,7 @@ NO_EPS = ("signsgd", "lion", "muon")
 that sets ``eps`` is an error. An ``eps`` in the common part or in ``adam``'s section is ignored by them, as SGD
 ignores it."""
 
-MUON_FALLBACKS = ("adam", "adamw", "sgd", "signsgd", "lion", "adafactor")
+MUON_FALLBACKS = ("adam", "adamw", "sgd", "signsgd", "lion", "adafactor", "adafactor_unscaled")
 """Optimizers that may train the tensors Muon does not own (``fallback = …`` in a ``muon`` section)."""
 DEFAULT_MUON_FALLBACK = "adamw"
 

@@ -6,7 +6,7 @@ matching rule that sets it wins. Specificity, compared in this order (docs/langu
 1. a rule with a name glob beats one without; among globs, more literal characters win;
 2. a rule with a role beats one without (``default``); then a ``residual`` rule beats one without;
 3. an optimizer section beats the common part (for AdamW: ``adamw`` > ``adam`` > common; SignSGD and Lion
-   inherit ``adam``'s section as AdamW does; Adafactor and Muon do not);
+   inherit ``adam``'s section as AdamW does, and so does ``adafactor_unscaled``; Adafactor and Muon do not);
 4. the later rule wins (a child spec's rules come after its parent's).
 """
 
@@ -30,11 +30,13 @@ SECTION_RANK = {
     "signsgd": {"all": 0, "adam": 1, "signsgd": 2},
     "lion": {"all": 0, "adam": 1, "lion": 2},
     "adafactor": {"all": 0, "adafactor": 1},
+    "adafactor_unscaled": {"all": 0, "adam": 1, "adafactor_unscaled": 2},
     "muon": {"all": 0, "muon": 1},
 }
 """Which sections each optimizer reads, and their precedence. Sign-like updates scale as Adam's (TP4b Remark 2.2.7),
-so ``signsgd`` and ``lion`` start from ``adam``'s rules; Adafactor's parameter-scaled step (c_Adafactor = c_Adam − b,
-Everett et al. 2024) and Muon's orthogonalised one need rules of their own. Under ``muon`` the tensors Muon does not
+so ``signsgd`` and ``lion`` start from ``adam``'s rules, as does Adafactor without parameter scaling
+(``adafactor_unscaled``: lr times a scale-free update, like Adam's); Adafactor's parameter-scaled step
+(c_Adafactor = c_Adam − b, Everett et al. 2024) and Muon's orthogonalised one need rules of their own. Under ``muon`` the tensors Muon does not
 own are resolved as their fallback optimizer (:func:`trained_by`)."""
 
 NETWORK_DEFAULTS = {"gamma": "1", "tau": "1", "alpha": "0", "center": "false"}

@@ -54,7 +54,7 @@ LR_RANGE = (1e-300, 1e300)
 MAX_NAME_BYTES = 200
 """The experiment's name (a folder name, out/NAME[_small]) and each spec name (in figure file names such as
 consistency_NAME.png) are at most 200 bytes: file names are at most 255."""
-SHARPNESS_OPTIMIZERS = ("sgd", "adam", "adamw", "adafactor")
+SHARPNESS_OPTIMIZERS = ("sgd", "adam", "adamw", "adafactor", "adafactor_unscaled")
 """The optimizers whose learning-rate-preconditioned Hessian a sweep can measure (mupdsl.measure.sharpness)."""
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,4})?")
 """Device names: auto, cpu, mps, cuda or cuda:N."""
@@ -223,9 +223,10 @@ class Experiment(BaseModel):
     depths: list[int] = []
     """Depths to sweep (transfer across depth, seed 002 Fig. 4); the base depth defaults to the smallest."""
     base_depth: int | None = None
-    optimizer: Literal["sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "muon"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "adafactor_unscaled", "muon"] = "sgd"
     """SignSGD and Lion train in vmapped groups; Adafactor and Muon one trial at a time (docs/optimizers.md). The
-    preconditioned sharpness is defined for sgd, adam, adamw and adafactor, so the others need sharpness_every = 0."""
+    preconditioned sharpness is defined for sgd, adam, adamw and adafactor(_unscaled), so the others need
+    sharpness_every = 0."""
     lrs: Lrs
     seeds: list[int] = [0]
     gammas: list[float] = []

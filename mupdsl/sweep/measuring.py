@@ -12,6 +12,7 @@ import torch
 from ..compile.init_record import preserved_rng
 from ..measure.hvp import Batch
 from ..measure.ntk import ntk_eigenvalues
+from ..optim.families import ADAFACTORS
 from ..measure.sharpness import (
     AdamMoments, SharpnessResult, SharpnessTracker, StackedSharpnessTracker, adafactor_preconditioner, adam_moments,
     adam_preconditioner, eos_threshold, floor_warning, measure,
@@ -100,7 +101,7 @@ class SharpnessRecorder:
 
     def __call__(self, step: int, factor: float, alive: torch.Tensor) -> None:
         every = self.m.sharpness_every
-        needs_state = self.adam or self.exp.optimizer == "adafactor"     # their preconditioner exists after a step
+        needs_state = self.adam or self.exp.optimizer in ADAFACTORS     # their preconditioner exists after a step
         if not every or step % every or (needs_state and step == 0):
             return
         batch = measurement_batch(self.m, self.x_train, self.y_train, self.rng, self.fixed)
@@ -118,9 +119,9 @@ class SharpnessRecorder:
 
     def _module(self, batch: Batch) -> SharpnessResult:
         r = self.replicas
-        if self.exp.optimizer == "adafactor":   # S² = D · max(ε₂, RMS(p)) / √v̂, against 2/η0
-            scale = adafactor_preconditioner(r.model, r.names, self.lrs, self.eta0[0], r.optimizer)
-            return self.tracker(r.model, batch, scale=scale, names=r.names)
+        if self.exp.optimizer in ADAFACTORS:   # S² = D · max(ε₂, RMS(p)) / √v̂, against 2/η0
+            scale, floor = adafactor_preconditioner(r.model, r.names, self.lrs, self.eta0[0], r.optimizer)
+            return self.tracker(r.model, batch, scale=scale, floor=floor, names=r.names)
         if self.adam:
             return self.tracker(r.model, batch, adam=adam_moments(r.model, r.names, r.optimizer),
                                 ratio=self.root.square(), names=r.names)
