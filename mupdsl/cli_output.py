@@ -88,7 +88,9 @@ def print_plan(plan, elapsed: float) -> None:
     title = (f"{plan.spec_name} on {plan.model} — {plan.optimizer}, width {net.width} (base {net.base_width}), "
              f"depth {net.depth} (base {net.base_depth}), analysed with {plan.frontend} in {elapsed:.2f} s")
     table = Table(title=title, title_justify="left")
-    for col in ("tensor", "shape", "role", "scaling", "init", "init std", "mult", "lr", "wd", "eps", "carried", "rule"):
+    by = any(t.optimizer for t in plan.tensors)    # Muon: which optimizer trains each tensor
+    for col in ("tensor", "shape", "role", "scaling", "init", "init std", "mult", "lr", "wd", "eps", "carried",
+                "rule") + (("trained by",) if by else ()):
         table.add_column(col, overflow="fold")
     for t in plan.tensors:
         role = t.role + (" (res)" if t.residual else "") + (f" = {', '.join(t.tied_to)}" if t.tied_to else "")
@@ -98,8 +100,9 @@ def print_plan(plan, elapsed: float) -> None:
         carried = "as is" if c is None or c.fold == 1.0 else f"W = {fmt_num(c.fold)}·w: lr {fmt_num(c.lr)}" + (
             f", eps {fmt_num(c.eps)}" if c.eps is not None else "")
         table.add_row(t.name, "×".join(map(str, t.shape)), role, ",".join(map(str, t.scaling_dims)) or "-",
-                      t.init, fmt_num(t.init_std), mult, fmt_num(t.lr), fmt_num(t.wd), fmt_num(t.eps), carried,
-                      t.rule)
+                      t.init, fmt_num(t.init_std), mult, fmt_num(t.lr), fmt_num(t.wd),
+                      "-" if t.eps is None and by and t.optimizer == "muon" else fmt_num(t.eps), carried, t.rule,
+                      *((t.optimizer or plan.optimizer,) if by else ()))
     out().print(table)
     out().print(f"  network: gamma = {net.gamma:.4g}, tau = {net.tau:g}, alpha = {net.alpha:g}, "
                 f"branch = {net.branch:.4g}, center = {net.center}")

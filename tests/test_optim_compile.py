@@ -10,7 +10,7 @@ from torch.func import functional_call
 from mupdsl.compile import CompileError, compile_model
 from mupdsl.compile.plan import Carried
 from mupdsl.models.mlp import example_batch
-from mupdsl.optim import Combined, Lion, SignSGD
+from mupdsl.optim import Combined, Lion, Muon, SignSGD
 
 MLP = "mupdsl.models.mlp"
 PRESET = {"sgd": "mup", "adam": "mup", "adamw": "mup", "signsgd": "mup", "lion": "mup", "adafactor": "mup_adafactor", "adafactor_unscaled": "mup",
@@ -196,3 +196,73 @@ def test_muon_falls_back_to_adafactor_without_parameter_scaling(tmp_path):
     opt = compiled.optimizer()
     assert set(opt.parts) == {"muon", "adafactor_unscaled"}
     assert all(g["scale_parameter"] is False for g in opt.parts["adafactor_unscaled"].param_groups)
+
+
+def test_a_class_of_another_family_is_refused_even_without_folded_multipliers():
+    """sp_adafactor folds nothing, but its rates are Adafactor's rules and its groups carry (ε₁, ε₂): AdamW is
+    refused at build time, not crashed at step time; a Muon class on a plan that is not Muon's is refused too."""
+    compiled = compile_model("sp_adafactor", MLP, width=128, base_width=64, optimizer="adafactor")
+    assert all(t.carried is None or t.carried.fold == 1.0 for t in compiled.plan.tensors)
+    with pytest.raises(CompileError, match=r"AdamW is adam-like"):
+        compiled.optimizer(torch.optim.AdamW)
+    adam = compile_model("sp", MLP, width=128, base_width=64, optimizer="adamw")
+    for cls in [Muon] + ([torch.optim.Muon] if hasattr(torch.optim, "Muon") else []):
+        with pytest.raises(CompileError, match=r"compiled for adamw; Muon orthogonalises"):
+            adam.optimizer(cls)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"), reason="torch.optim.Adafactor needs torch >= 2.5")
+def test_torch_adafactor_is_warned_about_with_one_rate_too():
+    compiled = compile_model("sp_adafactor", MLP, width=128, base_width=64, optimizer="adafactor")
+    with pytest.warns(UserWarning, match=r"caps its relative step"):
+        compiled.optimizer(torch.optim.Adafactor)
+
+
+def test_muon_adjust_lr_fn_none_is_torchs_original():
+    compiled = compile_model("mup_muon", MLP, width=128, base_width=64, optimizer="muon")
+    assert set(compiled.optimizer(adjust_lr_fn=None).parts) == {"muon", "adamw"}
+
+
+def test_combined_after_load_state_dict_steps_with_the_groups_a_scheduler_changes():
+    """load_state_dict gives the parts new group dictionaries; Combined's param_groups must be those, or a
+    scheduler (built before or after, resumed with last_epoch) would change dictionaries nobody steps with."""
+    compiled = compile_model("mup_muon", MLP, width=64, base_width=32, optimizer="muon")
+    opt = compiled.optimizer()
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    for p in compiled.model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    schedule.step()
+    saved = opt.state_dict()
+    resumed = compiled.optimizer()
+    resumed.load_state_dict(saved)
+    assert all(any(g is h for part in resumed.parts.values() for h in part.param_groups)
+               for g in resumed.param_groups)
+    assert set(resumed.state) == set(opt.state) and len(resumed.state) == len(list(compiled.model.parameters()))
+    torch.optim.lr_scheduler.LambdaLR(resumed, lambda step: 0.0, last_epoch=1)   # initial_lr came with the state
+    before = {n: p.detach().clone() for n, p in compiled.model.named_parameters()}
+    torch.optim.lr_scheduler.LambdaLR(resumed, lambda step: 0.0)
+    assert all(g["lr"] == 0.0 for part in resumed.parts.values() for g in part.param_groups)
+    for p in compiled.model.parameters():
+        p.grad = torch.randn_like(p)
+    resumed.step()
+    assert all(torch.equal(p, before[n]) for n, p in compiled.model.named_parameters())
+    with pytest.raises(ValueError, match=r"belong to no part"):
+        resumed.add_param_group({"params": [torch.nn.Parameter(torch.ones(2, 2))]})
+
+
+def test_a_rule_naming_a_tied_alias_selects_the_tensor(tmp_path):
+    """HF GPT-2's lm_head.weight is transformer.wte.weight: a rule written for either name selects the one tensor
+    (docs/language.md writes `"lm_head.weight" { muon = false }`)."""
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    gpt2 = str(Path(__file__).resolve().parent / "zoo" / "hf_gpt2.py")
+    path = tmp_path / "tied.param"
+    path.write_text('extends mup_muon\nmuon {\n  "lm_head.weight" { muon = true }\n}\n')
+    compiled = compile_model(str(path), gpt2, width=64, base_width=32, optimizer="muon")
+    wte = compiled.plan.tensor("transformer.wte.weight")
+    assert wte.tied_to == ["lm_head.weight"] and wte.optimizer == "muon"
+    plain = compile_model("mup_muon", gpt2, width=64, base_width=32, optimizer="muon")
+    assert plain.plan.tensor("transformer.wte.weight").optimizer == "adamw"
+    assert not [w for w in compiled.plan.warnings if "matches no tensor" in w]

@@ -39,7 +39,8 @@ def test_muon_key_and_fallback_only_in_the_muon_section(tmp_path):
     err = _error(tmp_path, "extends mup\nhidden { muon = true }\n")
     assert (err.pos.line, err.pos.col) == (2, 10) and "section muon" in err.message
     err = _error(tmp_path, "extends mup\nadam { fallback = adam }\n")
-    assert (err.pos.line, err.pos.col) == (2, 8) and "cannot stand directly in section 'adam'" in err.message
+    assert (err.pos.line, err.pos.col) == (2, 8) and "'fallback' cannot stand in section 'adam'" in err.message
+    assert "muon { fallback = adam }" in err.hint     # the hint names the fix that works
     err = _error(tmp_path, "extends mup\nmuon {\n  fallback = lyon\n}\n")
     assert (err.pos.line, err.pos.col) == (3, 14) and "did you mean 'lion'" in err.hint
     err = _error(tmp_path, "extends mup\nmuon {\n  fallback = muon\n}\n")

@@ -87,6 +87,20 @@ def test_sharpness_under_a_family_without_a_preconditioner_is_a_located_error(tm
     assert f"optimizer {optimizer} has no preconditioned sharpness" in info.value.message
 
 
+def test_a_spec_without_rules_for_the_optimizer_is_named_in_the_sweeps_error(tmp_path):
+    """`mup` has no muon rules: the error, from the gate or from compiling a trial, names the spec and experiment."""
+    from mupdsl.compile import CompileError
+
+    path = tmp_path / "e.toml"
+    path.write_text(TINY.replace("{optimizer}", "muon").replace('["mup"]', '["mup_muon", "mup"]'))
+    exp = load_experiment(path)
+    named = r"spec mup of experiment tiny \(optimizer muon\): no rule decides lr"
+    with pytest.raises(CompileError, match=named):
+        run(exp, tmp_path / "out", gated=False, say=lambda _: None)
+    with pytest.raises(CompileError, match=named):
+        compile_member(exp, next(t for t in plan_trials(exp) if t["spec"] == "mup"))
+
+
 # --- Transfer across width (docs/optimizers.md, "Transfer"): smaller versions of runners/optim_transfer_*.toml ---
 
 RUNNERS = Path(__file__).resolve().parent.parent / "runners"

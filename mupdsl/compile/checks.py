@@ -88,8 +88,8 @@ def lint(plan: Plan, analysis: Analysis, spec: Spec) -> Findings:
     return out
 
 
-def ratio_form(spec: Spec, optimizer: str, tensors: list[tuple[str, str, bool]]) -> bool:
-    """Whether the rules that decide ``tensors`` ((name, role, residual) each) and the network rules use sizes only
+def ratio_form(spec: Spec, optimizer: str, tensors: list[tuple[tuple[str, ...], str, bool]]) -> bool:
+    """Whether the rules that decide ``tensors`` ((names, role, residual) each, a tensor's own name and its aliases) and the network rules use sizes only
     as ratios to the base, so that at the base width and depth they reduce to constants."""
     net = network(spec, optimizer)
     monomials = [net.gamma, net.tau, net.branch] + ([net.attention] if net.attention is not None else [])
@@ -116,7 +116,7 @@ def _is_ratio(powers) -> bool:
 def base_identity(plan: Plan, spec: Spec, evaluate_at_base) -> tuple[str, list[str]]:
     """For a ratio-form spec, the plan evaluated at the base width and depth (``evaluate_at_base()`` → a Plan)
     must be the user's model. Returns (outcome, violations)."""
-    if not ratio_form(spec, plan.optimizer, [(t.name, t.role, t.residual) for t in plan.tensors]):
+    if not ratio_form(spec, plan.optimizer, [((t.name, *t.tied_to), t.role, t.residual) for t in plan.tensors]):
         return "not required (the spec is not in ratio form: its base model is not the user's)", []
     base = evaluate_at_base()
     problems: list[str] = []

@@ -194,10 +194,16 @@ def _default_class(optimizer: str) -> type:
 
 
 def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None = None) -> None:
-    """Refuse a class that would train a folded plan differently: another folding family, or weight decay the
-    other way (decoupled vs L2). ``names``: the tensors it trains (default all)."""
+    """Refuse a class that would train the plan differently: another optimizer family (the plan's rates are that
+    family's rules, and its multipliers are folded into that family's settings), a Muon class for a plan that is
+    not Muon's, weight decay the other way (decoupled vs L2); a class of unknown family only when multipliers are
+    folded. ``names``: the tensors it trains (default all)."""
     tensors = [t for t in plan.tensors if names is None or t.name in names]
     family = CLASS_FAMILY.get(cls.__name__)
+    if cls.__name__ == "Muon" and optimizer != "muon":
+        raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}; Muon orthogonalises matrices "
+                           "and has rules of its own", hint="compile with --optimizer muon (a muon section decides "
+                                                             "which tensors it owns)")
     if family == "adafactor" and optimizer == "adafactor_unscaled":
         if "scale_parameter" not in inspect.signature(cls.__init__).parameters:
             raise CompileError(f"{cls.__module__}.{cls.__name__} always scales its step by RMS(p); the plan is for "
@@ -207,17 +213,17 @@ def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None 
         family = "adam"      # its groups say scale_parameter=False: lr times a scale-free step, as Adam's
     folded = any(t.carried is not None and t.carried.fold != 1.0 for t in tensors)
     wanted = FAMILY[optimizer]
-    if folded and family != wanted:
-        raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}, and its multipliers are "
-                           f"folded into {optimizer}'s settings; "
+    if family != wanted and (family is not None or folded):
+        raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}: its learning rates are "
+                           f"{optimizer}'s rules" + (f" and its multipliers are folded into {optimizer}'s settings"
+                                                     if folded else "") + "; "
                            + ("an unknown optimizer family" if family is None else f"{cls.__name__} is {family}-like"),
                            hint=f"compile with --optimizer for this optimizer's family, or use a {wanted}-like class")
-    if cls is getattr(torch.optim, "Adafactor", None) and len({round(t.carried.lr if t.carried else t.lr, 15)
-                                                             for t in tensors}) > 1:
-        warnings.warn("torch.optim.Adafactor caps its relative step at min(lr, 1/√t): per-tensor rates above the "
-                      "cap train alike, so the plan's rate rules hold only while η·factor < 1/√t. The plan's class, "
-                      "mupdsl.optim.Adafactor (compiled.optimizer() without cls), lets the rate multiply the step",
-                      stacklevel=3)
+    if cls is getattr(torch.optim, "Adafactor", None):
+        warnings.warn("torch.optim.Adafactor caps its relative step at min(lr, 1/√t): rates above the cap train "
+                      "alike (η0 = 1 and η0 = 4 give the same weights), and per-tensor rate rules hold only while "
+                      "η·factor < 1/√t. The plan's class, mupdsl.optim.Adafactor (compiled.optimizer() without cls), "
+                      "lets the rate multiply the step", stacklevel=3)
     decoupled = cls.__name__ in DECOUPLED_CLASSES
     if family == "adam" and optimizer != "sgd" and decoupled != (optimizer in DECOUPLED_DECAY) and \
             any((t.carried.wd if t.carried else t.wd) for t in tensors):
@@ -295,8 +301,9 @@ def _check_kwargs(cls: type, groups: list[dict[str, Any]], kwargs: dict) -> None
 
 
 def _check_adjust_lr(kwargs: dict) -> None:
-    """torch.optim.Muon's ``adjust_lr_fn`` other than ``original`` would scale the spec's rate a second time."""
-    if kwargs.get("adjust_lr_fn", "original") != "original":
+    """torch.optim.Muon's ``adjust_lr_fn`` other than ``original`` (or None, its default, which means it) would scale
+    the spec's rate a second time."""
+    if kwargs.get("adjust_lr_fn", "original") not in ("original", None):
         raise CompileError(f"adjust_lr_fn={kwargs['adjust_lr_fn']!r}: the spec's Muon rate is the whole rate, and "
                            "mupdsl divides torch.optim.Muon's own shape factor back out",
                            hint="write the factor in the spec instead (sp_muon_rms is match_rms_adamw's)")

@@ -226,15 +226,16 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
     tensors = []
     for info in analysis.tensors.values():
         sizes = _sizes(info, net_sizes)
-        by = trained_by(spec, optimizer, info.name, info.role, info.residual)
+        names = (info.name, *info.aliases) if info.aliases else info.name   # a rule may name a tied alias
+        by = trained_by(spec, optimizer, names, info.role, info.residual)
         if by == "muon" and len(info.shape) < 2:
-            owner = resolve_settings(spec, "muon", info.name, info.role, info.residual).get("muon")
+            owner = resolve_settings(spec, "muon", names, info.role, info.residual).get("muon")
             raise CompileError(f"{info.name} (shape {list(info.shape)}, role {info.role}) is Muon's by the spec, but "
                                "Muon orthogonalises matrices", hint="give it to the fallback: muon { \"" + info.name
                                + "\" { muon = false } }" + (f" (the rule at {owner.pos} gives it to Muon)" if owner
                                                             else ""))
         try:
-            rule = tensor_rule(spec, optimizer, info.name, info.role, net, residual=info.residual)
+            rule = tensor_rule(spec, optimizer, names, info.role, net, residual=info.residual)
         except SpecError as exc:
             raise CompileError(exc.message, hint=exc.hint) from None
         settings = rule.settings
@@ -256,7 +257,7 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
             use_mult = mult
             if use.role != info.role and use.role == "output":  # a tied readout: the output rule's multiplier
                 try:
-                    out_rule = tensor_rule(spec, optimizer, info.name, "output", net, residual=info.residual)
+                    out_rule = tensor_rule(spec, optimizer, names, "output", net, residual=info.residual)
                 except SpecError as exc:
                     raise CompileError(exc.message, hint=exc.hint) from None
                 out_sizes = dict(sizes, fan_in=info.fan_out, fan_out=info.fan_in, base_fan_in=info.base_fan_out,
@@ -317,7 +318,7 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
 
 def _most_specific(spec: Spec, optimizer: str, info: TensorInfo) -> str | None:
     """``file:line`` of the most specific rule among those that decided one of the tensor's settings."""
-    best = most_specific_rule(spec, optimizer, info.name, info.role, info.residual)
+    best = most_specific_rule(spec, optimizer, (info.name, *info.aliases), info.role, info.residual)
     return None if best is None else f"{best.pos.path}:{best.pos.line}"
 
 

@@ -131,14 +131,37 @@ def muon_class() -> type[torch.optim.Optimizer]:
 class Combined(torch.optim.Optimizer):
     """Optimizers over disjoint parameters stepped as one (Muon for the matrices, a fallback for the rest).
 
-    ``param_groups`` are the parts' own group dictionaries (a learning-rate scheduler changes them in the parts);
-    ``zero_grad``, ``step`` and ``state_dict`` cover every part. ``parts`` names each part (``muon``, ``adamw``)."""
+    ``param_groups`` are the parts' own group dictionaries (a learning-rate scheduler changes them in the parts),
+    also after ``load_state_dict``, which gives the parts new ones; ``state`` is the parts' state; ``zero_grad``,
+    ``step`` and ``state_dict`` cover every part. ``parts`` names each part (``muon``, ``adamw``)."""
 
     def __init__(self, parts: dict[str, torch.optim.Optimizer]) -> None:
         self.parts = dict(parts)
-        groups = [g for part in self.parts.values() for g in part.param_groups]
-        super().__init__(groups, {})
-        self.param_groups = groups   # the very dictionaries the parts step with
+        super().__init__(self._part_groups(), {})
+        self.param_groups = self._part_groups()   # the very dictionaries the parts step with
+        self._built = True
+
+    def _part_groups(self) -> list[dict[str, Any]]:
+        return [g for part in self.parts.values() for g in part.param_groups]
+
+    @property
+    def state(self) -> dict:
+        """The parts' state by parameter (each parameter belongs to one part); read-only, a fresh dict."""
+        merged: dict = {}
+        for part in self.parts.values():
+            merged.update(part.state)
+        return merged
+
+    @state.setter
+    def state(self, value) -> None:
+        """torch.optim.Optimizer.__init__ assigns an empty state; the parts keep theirs."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "_built", False):
+            raise ValueError("Combined optimizer: a new group would belong to no part and never be stepped; add it "
+                             f"to one of its parts ({', '.join(self.parts)}): opt.parts[NAME].add_param_group(...), "
+                             "then build Combined(opt.parts) again")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -156,6 +179,7 @@ class Combined(torch.optim.Optimizer):
             raise ValueError(f"state for parts {sorted(saved)}, this optimizer has {sorted(self.parts)}")
         for name, part in self.parts.items():
             part.load_state_dict(saved[name])
+        self.param_groups = self._part_groups()   # the parts' new dictionaries: a scheduler must reach them
 
 
 __all__ = ["Combined", "Muon", "muon_class", "muon_direction", "newton_schulz", "torch_muon_groups",

@@ -124,6 +124,10 @@ class Reader:
                 if child.data == "setting" and name == "muon" and str(child.children[0]) == "fallback":
                     self.fallback(child)
                     continue
+                if child.data == "setting" and str(child.children[0]) == "fallback":
+                    raise self.error(f"'fallback' cannot stand in section '{name}'", child.children[0],
+                                     hint=f"it names Muon's fallback optimizer, so it stands only in section muon: "
+                                          f"muon {{ {_one_line(self.text(child))} }}")
                 if child.data == "setting":
                     raise self.error(f"a setting cannot stand directly in section '{name}'", child.children[0],
                                      hint=f"put it in a rule: {name} {{ hidden {{ {_one_line(self.text(child))} }} }}"

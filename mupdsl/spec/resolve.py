@@ -39,6 +39,9 @@ so ``signsgd`` and ``lion`` start from ``adam``'s rules, as does Adafactor witho
 (c_Adafactor = c_Adam − b, Everett et al. 2024) and Muon's orthogonalised one need rules of their own. Under ``muon`` the tensors Muon does not
 own are resolved as their fallback optimizer (:func:`trained_by`)."""
 
+TensorNames = str | tuple[str, ...] | None
+"""A tensor's qualified name, or its names (its own first, then its tied aliases), or None for a role alone."""
+
 NETWORK_DEFAULTS = {"gamma": "1", "tau": "1", "alpha": "0", "center": "false"}
 """Values of network settings a spec leaves out; ``branch`` defaults to depth^-alpha and ``attention`` to the
 model's own scale (nothing is changed)."""
@@ -178,8 +181,10 @@ def glob_literal_length(glob: str) -> int:
     return len(re.sub(r"\*+|\?|\[[^\]]*\]", "", glob))
 
 
-def rule_matches(rule: Rule, name: str | None, role: str, residual: bool = False) -> bool:
-    """Whether a rule applies to tensor ``name`` of ``role``; ``name=None`` asks about the role alone (no globs)."""
+def rule_matches(rule: Rule, name: TensorNames, role: str, residual: bool = False) -> bool:
+    """Whether a rule applies to tensor ``name`` of ``role``; ``name=None`` asks about the role alone (no globs).
+    A tensor with several names (a tied weight: HF GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) is
+    ``(name, *aliases)``, and a glob that matches any of them selects it."""
     sel = rule.selector
     if sel.role is not None and sel.role != role:
         return False
@@ -187,7 +192,10 @@ def rule_matches(rule: Rule, name: str | None, role: str, residual: bool = False
         return False
     if sel.glob is None:
         return True
-    return name is not None and glob_matcher(sel.glob).match(name) is not None
+    if name is None:
+        return False
+    matcher = glob_matcher(sel.glob)
+    return any(matcher.match(n) is not None for n in ((name,) if isinstance(name, str) else name))
 
 
 def _rank(rule: Rule, optimizer: str) -> tuple:
@@ -196,7 +204,7 @@ def _rank(rule: Rule, optimizer: str) -> tuple:
     return glob_rank + (sel.role is not None, sel.residual, SECTION_RANK[optimizer][rule.section], rule.order)
 
 
-def most_specific_rule(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool = False) -> Rule | None:
+def most_specific_rule(spec: Spec, optimizer: str, name: TensorNames, role: str, residual: bool = False) -> Rule | None:
     """The most specific rule that applies to a tensor (for reporting which rule decided it), or None."""
     optimizer = trained_by(spec, check_optimizer(optimizer), name, role, residual)
     matching = [r for r in spec.rules if r.section in SECTION_RANK[optimizer] and rule_matches(r, name, role, residual)]
@@ -209,7 +217,7 @@ def check_optimizer(optimizer: str) -> str:
     return optimizer
 
 
-def trained_by(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool = False) -> str:
+def trained_by(spec: Spec, optimizer: str, name: TensorNames, role: str, residual: bool = False) -> str:
     """The optimizer that trains a tensor: ``optimizer`` itself, except under ``muon``, where a tensor is Muon's
     when the most specific ``muon = true|false`` of the ``muon`` section says so — by default the matrix-like
     ``hidden`` weights — and the spec's fallback's (AdamW unless ``fallback = …``) otherwise."""
@@ -220,7 +228,7 @@ def trained_by(spec: Spec, optimizer: str, name: str | None, role: str, residual
     return "muon" if owned else spec.fallback
 
 
-def resolve_settings(spec: Spec, optimizer: str, name: str | None, role: str,
+def resolve_settings(spec: Spec, optimizer: str, name: TensorNames, role: str,
                      residual: bool = False) -> dict[str, Setting]:
     """The winning setting for each key that some matching rule sets (``residual``: the tensor is on a branch).
     Under ``muon``, a tensor Muon does not own is resolved as its fallback optimizer (:func:`trained_by`)."""
@@ -228,7 +236,7 @@ def resolve_settings(spec: Spec, optimizer: str, name: str | None, role: str,
     return _winning(spec, trained_by(spec, optimizer, name, role, residual), name, role, residual)
 
 
-def _winning(spec: Spec, optimizer: str, name: str | None, role: str, residual: bool) -> dict[str, Setting]:
+def _winning(spec: Spec, optimizer: str, name: TensorNames, role: str, residual: bool) -> dict[str, Setting]:
     best: dict[str, tuple[tuple, Setting]] = {}
     for rule in spec.rules if name is not None else spec.rules_without_glob():
         if rule.section not in SECTION_RANK[optimizer] or not rule_matches(rule, name, role, residual):
@@ -331,7 +339,7 @@ class TensorRule:
     settings: Mapping[str, Setting]
 
 
-def tensor_rule(spec: Spec, optimizer: str, name: str | None, role: str, net: Network | None = None,
+def tensor_rule(spec: Spec, optimizer: str, name: TensorNames, role: str, net: Network | None = None,
                 residual: bool = False) -> TensorRule:
     """Resolve and fold the rule of one tensor; raises SpecError naming the tensor if a required key is missing."""
     settings = resolve_settings(spec, optimizer, name, role, residual)
@@ -341,7 +349,8 @@ def tensor_rule(spec: Spec, optimizer: str, name: str | None, role: str, net: Ne
         sections = [s for s in SECTION_RANK[by] if s != "all"]
         raise SpecError(
             f"no rule decides {', '.join(missing)} for "
-            + (f"tensor '{name}' (role {role}" if name is not None else f"role '{role}' (") + f", optimizer {optimizer}"
+            + (f"tensor '{name if isinstance(name, str) else name[0]}' (role {role}" if name is not None
+               else f"role '{role}' (") + f", optimizer {optimizer}"
             + (f", trained by its fallback {by}" if by != optimizer else "") + ")",
             SourcePos(spec.path, 0, 0),
             hint=f"add a rule for role '{role}' or a 'default {{ … }}' rule that sets {', '.join(missing)}"

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..compile import load_factory
+from ..compile import CompileError, load_factory
 from ..measure import coordcheck
 from .engines import EngineRefused, engine_problem, run_ray, run_slurm
 from .experiment import Experiment
 from .keys import gate_keys, gate_options, plan_trials
 from .measuring import floor_notice
 from .store import Store
-from .trial import converged, experiment_data, experiment_device, iter_members, pinned_threads
+from .trial import converged, experiment_data, experiment_device, iter_members, pinned_threads, spec_error
 from .workdir import folder_lock, open_folder
 
 
@@ -46,7 +46,10 @@ def gate(exp: Experiment, store: Store, say: Callable[[str], None],
     for spec in exp.specs:
         found = store.gate(keys[spec])
         if found is None:
-            result = coordcheck(spec, exp.model, device=experiment_device(exp), **gate_options(exp))
+            try:
+                result = coordcheck(spec, exp.model, device=experiment_device(exp), **gate_options(exp))
+            except CompileError as exc:
+                raise spec_error(exp, spec, exc) from None
             detail = "; ".join(f"{f['key']} t={f['step']} {f['symptom']} ({f['slope']:+.2f})"
                                for f in result.failures[:5])
             store.record_gate(keys[spec], spec, result.verdict, detail)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..compile import compile_model
+from ..compile import CompileError, compile_model
 from ..compile.stacked import STACKED_OPTIMIZERS
 from ..measure.sharpness import eos_threshold
 from ..spec import apply_overrides, load_spec
@@ -114,8 +114,18 @@ def compile_member(exp: Experiment, trial: dict[str, Any]):
     if trial["gamma"] is not None:
         overrides[trial["gamma_name"]] = trial["gamma"]
     spec = apply_overrides(_spec(trial["spec"], trial.get("spec_sha", "")), overrides)
-    return compile_model(spec, exp.model, width=trial["width"], base_width=trial["base_width"], depth=trial["depth"],
-                         base_depth=trial["base_depth"], optimizer=exp.optimizer, seed=trial["seed"])
+    try:
+        return compile_model(spec, exp.model, width=trial["width"], base_width=trial["base_width"],
+                             depth=trial["depth"], base_depth=trial["base_depth"], optimizer=exp.optimizer,
+                             seed=trial["seed"])
+    except CompileError as exc:
+        raise spec_error(exp, trial["spec"], exc) from None
+
+
+def spec_error(exp: Experiment, spec: str, exc: CompileError) -> CompileError:
+    """``exc`` naming the spec and the experiment it came from: an experiment lists several specs."""
+    return CompileError(f"spec {spec} of experiment {exp.name} (optimizer {exp.optimizer}): {exc.message}",
+                        hint=exc.hint)
 
 
 def stackable(compiled) -> str | None:
