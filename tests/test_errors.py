@@ -39,6 +39,12 @@ CASES = [
     (OK_HEAD + "network { gamma = fan_in }", "'fan_in' is a per-tensor size", 2, 19, None),
     (OK_HEAD + "network { alpha = depth }", "network 'alpha' must be a constant", 2, 11, None),
     (OK_HEAD + "network { center = 1 }", "expected true or false", 2, 20, None),
+    (OK_HEAD + "network { gamma = 2 }\nnetwork { gamma = 3 }", "'gamma' is set twice", 3, 11, "set it once"),
+    (OK_HEAD + "adam { network { alpha = 1 } }\nadam { network { alpha = 0 } }",
+     "'alpha' is set twice in section 'adam'", 3, 18, None),
+    (OK_HEAD + "set eta0 = 0x10", "'0x10' is not a number", 2, 12, "in decimal"),
+    (OK_HEAD + "# 2x the rate\nhidden { lr = eta0 * 1_000 }", "'1_000' is not a number", 3, 22, None),
+    (OK_HEAD + 'hidden "blocks.0x" { lr = 2e }', "'2e' is not a number", 2, 27, None),
     (OK_HEAD + "sgd { lr = eta0 }", "cannot stand directly in section 'sgd'", 2, 7, None),
     (OK_HEAD + "sgd { adam { hidden { lr = eta0 } } }", "section 'adam' cannot be nested", 2, 7, None),
     (OK_HEAD + "hidden { input { lr = eta0 } }", "rules cannot be nested", 2, 10, None),
@@ -111,6 +117,12 @@ def test_override_of_undeclared_hyperparameter():
     with pytest.raises(SpecError) as info:
         load_spec("mup", {"eta0": "fast"})
     assert "not a number" in info.value.message
+    for text, message in [("1/2/3", "'1/2/3' is not a number: one '/' at most"), ("1/x", "'1/x' is not a number"),
+                          ("1/1e-400", "number out of range: 1e-400")]:
+        with pytest.raises(SpecError) as info:
+            load_spec("mup", {"eta0": text})
+        assert message in info.value.message      # the whole value quoted, or the part's own range error
+    assert float(load_spec("mup", {"eta0": "+1/4"}).hypers["eta0"].value) == 0.25
 
 
 def test_override_applies():

@@ -80,9 +80,16 @@ def parse_value(text: str) -> Fraction:
     body = text.strip()
     sign = body[:1] if body[:1] in ("+", "-") else ""
     num, slash, den = body[len(sign):].partition("/")
-    value = parse_number(num.strip())
+    if "/" in den:
+        raise ValueError(f"'{text}' is not a number: one '/' at most (a fraction such as 1/3)")
+    try:
+        value = parse_number(num.strip())
+        divisor = parse_number(den.strip()) if slash else Fraction(1)
+    except ValueError as exc:
+        if not str(exc).endswith("is not a number"):
+            raise           # out of range, too long: the part's own message
+        raise ValueError(f"'{text}' is not a number") from None   # the whole value, not the part that failed
     if slash:
-        divisor = parse_number(den.strip())
         if divisor == 0:
             raise ValueError(f"'{text}' divides by zero")
         value /= divisor

@@ -55,6 +55,8 @@ class Reader:
         self.file = SpecFile(path=path, source=source)
         self.checked = checked
         """Whether the parser already enforced the expression limits (nesting, length)."""
+        self.network_seen: dict[str, dict[str, SourcePos]] = {}
+        """Network settings already set in this file, by section, with where."""
 
     # positions ------------------------------------------------------------------------------------------
     def pos(self, node: Tree | Token | Expr | Broken) -> SourcePos:
@@ -159,7 +161,7 @@ class Reader:
         self.file.fallback = (name, self.pos(key_token))
 
     def network_block(self, block: Tree, section: str) -> None:
-        seen: dict[str, SourcePos] = {}
+        seen = self.network_seen.setdefault(section, {})   # across the file's network blocks of this section
         for child in block.children[1:]:
             if isinstance(child, Token):
                 continue
@@ -174,7 +176,9 @@ class Reader:
                     hint = f"'{key}' is a per-tensor setting; put it in a rule such as hidden {{ … }}"
                 raise self.error(f"unknown network setting '{key}'", key_token, hint=hint)
             if key in seen:
-                raise self.error(f"'{key}' is set twice", key_token, notes=[("first set here", seen[key])])
+                where = "" if section == "all" else f" in section '{section}'"
+                raise self.error(f"'{key}' is set twice{where}", key_token, notes=[("first set here", seen[key])],
+                                 hint="a spec that extends this one may set it again; within one file, set it once")
             seen[key] = self.pos(key_token)
             value_node = child.children[1]
             if key == "center":

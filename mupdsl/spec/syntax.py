@@ -9,6 +9,7 @@ built here so that they read the same.
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 from lark import Lark, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -112,12 +113,34 @@ def _end_pos(text: str, path: str) -> SourcePos:
     return SourcePos(path, len(lines), len(lines[-1]) + 1)
 
 
+_GLUED_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?[A-Za-z_][A-Za-z0-9_]*")
+"""A number with a name glued to it (``0x10``, ``1_000``, ``2e``): never valid, and Lark reports it later, where
+the name it read as a second token stops the statement."""
+
+
+def glued_number(text: str, line: int) -> tuple[int, int, str] | None:
+    """The first number with a name glued to it on lines 1…``line``, outside comments and globs: (line, column,
+    the text), or None."""
+    for number, source_line in enumerate(text.split("\n")[:line], start=1):
+        code = re.sub(r'"[^"\n]*"', lambda m: " " * len(m.group()), source_line).split("#", 1)[0]
+        found = _GLUED_NUMBER.search(code)
+        if found:
+            return number, found.start() + 1, found.group()
+    return None
+
+
 def syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
     line = getattr(exc, "line", None)
     col = getattr(exc, "column", None)
     if not isinstance(line, int) or line < 1:
         end = _end_pos(text, path)
         line, col = end.line, end.col
+    glued = glued_number(text, line)
+    if glued is not None:
+        at, column, shown = glued
+        return SpecError(f"'{shown}' is not a number", SourcePos(path, at, column, column + len(shown)),
+                         source=text, hint="write numbers in decimal, with no letter or '_' after them (16, 1000, "
+                                           "1e-3); put a space or an operator between a number and a name")
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
         what = _char_name(char)
