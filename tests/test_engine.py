@@ -25,13 +25,15 @@ def example_batch(batch_size):
 '''
 
 LRS = {"sgd": [0.05, 0.2, 0.5], "adam": [1e-3, 3e-3, 1e-2], "adamw": [1e-3, 3e-3, 1e-2],
-       "signsgd": [1e-3, 3e-3, 1e-2], "lion": [1e-4, 3e-4, 1e-3]}
+       "signsgd": [1e-3, 3e-3, 1e-2], "lion": [1e-4, 3e-4, 1e-3], "adafactor": [0.01, 0.03, 0.1],
+       "adafactor_unscaled": [1e-3, 3e-3, 1e-2]}
 
 
 def members(tmp_path, optimizer, eps0, wd0=0.0):
     (tmp_path / "net.py").write_text(MODEL)
     overrides = {"wd0": wd0} | ({} if eps0 is None else {"eps0": eps0})
-    return [compile_model("mup", str(tmp_path / "net.py"), width=48, base_width=16, optimizer=optimizer,
+    spec = "mup_adafactor" if optimizer == "adafactor" else "mup"
+    return [compile_model(spec, str(tmp_path / "net.py"), width=48, base_width=16, optimizer=optimizer,
                           overrides={**overrides, "eta0": lr}, seed=seed)
             for seed, lr in enumerate(LRS[optimizer])]
 
@@ -50,7 +52,8 @@ def batches_for(G, seeds, steps=12, n=64):
 
 CASES = [("sgd", None, 0.0), ("sgd", None, 1e-3), ("adam", None, 0.0), ("adam", 0.0, 0.0), ("adam", 1e-3, 1e-2),
          ("adamw", 0.0, 0.1), ("adamw", None, 0.1), ("signsgd", None, 0.0), ("signsgd", None, 0.1),
-         ("lion", None, 0.0), ("lion", None, 0.1)]
+         ("lion", None, 0.0), ("lion", None, 0.1), ("adafactor", None, 0.0), ("adafactor", 1e-3, 0.1),
+         ("adafactor_unscaled", None, 0.0), ("adafactor_unscaled", 1e-3, 0.1)]
 
 
 @pytest.mark.parametrize("optimizer,eps0,wd0", CASES)
@@ -123,15 +126,17 @@ batch_size = 32
 """
 
 
-@pytest.mark.parametrize("optimizer,eps", [("sgd", None), ("adam", 1e-6)])
+@pytest.mark.parametrize("optimizer,eps", [("sgd", None), ("adam", 1e-6), ("adafactor", 1e-3),
+                                           ("adafactor_unscaled", 1e-3)])
 def test_sweep_group_equals_alone_with_schedule_and_eps(tmp_path, optimizer, eps):
-    """The sweep's trials in a group and alone: the same losses, sharpness and HVP counts; the EoS line follows
-    the learning rate in force (2/η_t for SGD, 38/η_t for Adam)."""
-    spec = "mup"
+    """The sweep's trials in a group and alone: the same losses, sharpness (with Adafactor's ε₁-floor share) and
+    HVP counts; the EoS line follows the learning rate in force (2/η_t for SGD and Adafactor, 38/η_t for Adam)."""
+    base = "mup_adafactor" if optimizer == "adafactor" else "mup"
+    spec = base
     if eps is not None:
-        (tmp_path / "eps.param").write_text(f'spec eps_test\nextends mup\nset eps0 = {eps}\n')
+        (tmp_path / "eps.param").write_text(f'spec eps_test\nextends {base}\nset eps0 = {eps}\n')
         spec = str(tmp_path / "eps.param")
-    lrs = "[0.05, 0.2]" if optimizer == "sgd" else "[0.001, 0.01]"
+    lrs = {"sgd": "[0.05, 0.2]", "adafactor": "[0.01, 0.05]"}.get(optimizer, "[0.001, 0.01]")
     path = tmp_path / "exp.toml"
     path.write_text(SWEEP.format(spec=spec, optimizer=optimizer, lrs=lrs))
     exp = load_experiment(path)
@@ -144,8 +149,11 @@ def test_sweep_group_equals_alone_with_schedule_and_eps(tmp_path, optimizer, eps
         np.testing.assert_allclose(curves["loss"], c["loss"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(curves["sharpness"], c["sharpness"], rtol=1e-3)
         np.testing.assert_array_equal(curves["hvps"], c["hvps"])
+        if optimizer.startswith("adafactor"):
+            np.testing.assert_allclose(curves["floor_share"], c["floor_share"], rtol=1e-3, atol=1e-6)
+            assert np.isfinite(curves["floor_share"]).all()
         factor = np.array([schedule.factor(int(t)) for t in curves["sharp_step"]])
-        threshold = 2.0 if optimizer == "sgd" else 38.0
+        threshold = 38.0 if optimizer == "adam" else 2.0
         np.testing.assert_allclose(curves["eos_line"], threshold / (trial["lr"] * factor), rtol=1e-9)
         assert len(set(np.round(curves["eos_line"], 9))) > 1      # the line moves with the schedule
 

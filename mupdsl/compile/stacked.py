@@ -2,11 +2,12 @@
 per-tensor views (for ``torch.func.functional_call`` under ``vmap``) and the plans' optimizer applied to the whole
 buffer at once — SGD, Adam, AdamW, SignSGD or Lion with each member's own per-tensor learning rate, weight decay
 and ε, as :meth:`CompiledModel.optimizer` would apply them one model at a time. A handful of elementwise kernels per
-step instead of a dozen per tensor is what makes a group fast on a GPU.
+step instead of a dozen per tensor is what makes a group fast on a GPU. Adafactor (both kinds) factors its second
+moment per matrix, so it steps tensor by tensor, each over all members at once (:mod:`mupdsl.optim.adafactor`'s
+functions with the member axis leading).
 
-Adafactor (factored second moments per matrix) and Muon (an orthogonalisation per matrix, a fallback optimizer for
-the rest) are not elementwise: :class:`StackedOptimizer` refuses them with :class:`NotStackable`, and a sweep runs
-their trials one at a time, saying so."""
+Muon (an orthogonalisation per matrix, a fallback optimizer for the rest) is refused with :class:`NotStackable`, and
+a sweep runs its trials one at a time, saying so."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from typing import Sequence
 
 import torch
 
+from ..optim.adafactor import BETA2_DECAY, CLIP_D, estimate, moment_state, second_moment
+from ..optim.families import ADAFACTOR_EPS2, ADAFACTORS
 from ..optim.sign import lion_direction, signsgd_direction
 from .compiled import CompiledModel
 
-STACKED_OPTIMIZERS = ("sgd", "adam", "adamw", "signsgd", "lion")
-"""The optimizers a group can run on its (G, P) buffer: those whose step is elementwise."""
+STACKED_OPTIMIZERS = ("sgd", "adam", "adamw", "signsgd", "lion") + ADAFACTORS
+"""The optimizers a group can run on its (G, P) buffer: the elementwise ones, and Adafactor tensor by tensor."""
 LION_BETAS = (0.9, 0.99)
 """Lion's default β (Chen et al. 2023, as :class:`mupdsl.optim.Lion`)."""
 
@@ -63,7 +66,9 @@ class StackedOptimizer:
     moments (β = 0.9, 0.999); AdamW: decoupled, p ← p − lr wd p first — torch.optim's formulas, per member and
     tensor. SignSGD: p ← p (1 − lr wd) − lr sign(g); Lion: p ← p (1 − lr wd) − lr sign(β1 m + (1 − β1) g),
     m ← β2 m + (1 − β2) g with β = (0.9, 0.99) — :mod:`mupdsl.optim.sign`'s directions, with their classes'
-    defaults (SignSGD without momentum). Any other optimizer raises :class:`NotStackable`. The buffer is updated
+    defaults (SignSGD without momentum). Adafactor: :class:`mupdsl.optim.Adafactor`'s step with its defaults,
+    p ← p (1 − lr wd) − lr · [max(ε₂, RMS(p))] · Û / max(1, RMS(Û)), RMS per member and tensor. Any other optimizer
+    raises :class:`NotStackable`. The buffer is updated
     in place: a caller that keeps views of it (tapped values) must clone them.
     ``mask`` (G,) freezes members (e.g. diverged ones); ``lr_factor`` scales every rate (warm-up)."""
 
@@ -89,6 +94,17 @@ class StackedOptimizer:
             self.eps = stack.per_tensor([[1e-8 if eps is None else eps for _, _, eps in row] for row in table], like)
             self.exp_avg = torch.zeros_like(like)
             self.exp_avg_sq = torch.zeros_like(like)
+        if self.kind in ADAFACTORS:
+            self.stack = stack
+            cell = dict(device=like.device, dtype=like.dtype)
+            self.lr_table = torch.tensor([[lr for lr, _, _ in row] for row in table], **cell)     # (G, tensors)
+            self.wd_table = torch.tensor([[wd or 0.0 for _, wd, _ in row] for row in table], **cell)
+            machine = torch.finfo(like.dtype).eps
+            self.eps1 = torch.tensor([[machine if eps is None else eps for _, _, eps in row] for row in table], **cell)
+            folds = [{t.name: abs(t.carried.fold) if t.carried is not None else 1.0 for t in m.plan.tensors}
+                     for m in members]
+            self.eps2 = torch.tensor([[ADAFACTOR_EPS2 * f[n] for n in stack.names] for f in folds], **cell)
+            self.moments: list[dict[str, torch.Tensor] | None] = [None] * len(stack.names)
 
     @torch.no_grad()
     def step(self, flat: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | None = None,
@@ -98,6 +114,8 @@ class StackedOptimizer:
         lr = self.lr if lr_factor == 1.0 else self.lr * lr_factor
         if mask is not None:
             lr = lr * mask.to(flat.dtype).unsqueeze(1)
+        if self.kind in ADAFACTORS:
+            return self._adafactor_step(flat, grad, mask, lr_factor)
         if self.kind == "sgd":
             if self.decay:
                 grad = grad.addcmul(self.wd, flat)
@@ -118,6 +136,55 @@ class StackedOptimizer:
             flat.addcmul_(lr, self.wd * flat, value=-1.0)
         denom = self.second_moment().sqrt_().add_(self.eps)
         return flat.addcdiv_(self.exp_avg * lr, denom, value=-1.0 / (1 - self.beta1 ** t))
+
+    def _adafactor_step(self, flat: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | None,
+                        lr_factor: float) -> torch.Tensor:
+        """Adafactor over the members, tensor by tensor (each a (G, *shape) slice of the buffer)."""
+        lr = self.lr_table * lr_factor
+        if mask is not None:
+            lr = lr * mask.to(flat.dtype).unsqueeze(1)
+        one_minus_beta2 = self.steps ** BETA2_DECAY
+        for i, (p, g) in enumerate(zip(self._slices(flat), self._slices(grad))):
+            shape = self.stack.shapes[i]
+            matrix = len(shape) >= 2
+            if self.moments[i] is None:
+                self.moments[i] = moment_state(g, matrix)
+            floor = self.eps1[:, i].reshape(-1, *[1] * len(shape))
+            update = second_moment(g, self.moments[i], one_minus_beta2, floor, matrix)
+            update = update.clamp_(min=floor * floor).rsqrt_().mul_(g).reshape(flat.shape[0], -1)
+            size = update.shape[1]
+            clip = (update.norm(dim=1) / (size ** 0.5 * CLIP_D)).clamp_(min=1.0)
+            alpha = lr[:, i]
+            flat_p = p.reshape(flat.shape[0], -1)
+            if self.kind == "adafactor":   # parameter scaling, from the weights before the decay
+                alpha = alpha * torch.maximum(self.eps2[:, i], flat_p.norm(dim=1) / size ** 0.5)
+            if self.decay:
+                flat_p.mul_((1 - lr[:, i] * self.wd_table[:, i]).unsqueeze(1))
+            flat_p.addcmul_((alpha / clip).unsqueeze(1), update, value=-1.0)
+        return flat
+
+    def _slices(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """(G, *shape) views of ``buffer``, one per tensor: writing to them writes to the buffer."""
+        return list(self.stack.views(buffer).values())
+
+    def adafactor_scale(self, flat: torch.Tensor, eta0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, the ε₁-floor mask), (G, P) each, of every member, as :func:`mupdsl.measure.sharpness.
+        adafactor_preconditioner` gives them for one model: S² = (lr_p/η0) · [max(ε₂, RMS(p))] / √max(v̂, ε₁²).
+        ``eta0``: (G, 1)."""
+        if self.kind not in ADAFACTORS or any(m is None for m in self.moments):
+            raise ValueError("no Adafactor state: take at least one step of an Adafactor group first")
+        G, scales, floors = flat.shape[0], [], []
+        for i, p in enumerate(self._slices(flat)):
+            shape = self.stack.shapes[i]
+            floor = self.eps1[:, i].reshape(-1, *[1] * len(shape))
+            v_hat = estimate(self.moments[i], floor)
+            factor = (self.lr_table[:, i:i + 1] / eta0)
+            if self.kind == "adafactor":
+                rms = p.reshape(G, -1).norm(dim=1, keepdim=True) / p[0].numel() ** 0.5
+                factor = factor * torch.maximum(self.eps2[:, i:i + 1], rms)
+            scales.append(factor * v_hat.clamp(min=floor * floor).rsqrt().reshape(G, -1))
+            floors.append((v_hat <= floor * floor).reshape(G, -1))
+        return torch.cat(scales, dim=1).sqrt(), torch.cat(floors, dim=1)
 
     def second_moment(self) -> torch.Tensor:
         """v̂ = v / (1 − β2^t), the bias-corrected second moment (Adam's preconditioner; Adam and AdamW only)."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..optim.adafactor import estimate
 from ..optim.families import ADAFACTORS
 from .hutchinson import hutchinson, hutchinson_batched
 from .hvp import Batch, HessianOperator, StackedHessianOperator
@@ -175,11 +176,7 @@ def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, 
             raise ValueError(f"no Adafactor state for {name}: take at least one optimizer step before measuring")
         eps1, eps2 = group["eps"]
         floor = torch.finfo(p.dtype).eps if eps1 is None else eps1
-        if "row_var" in state:
-            row, col = state["row_var"], state["col_var"]
-            v_hat = (row @ col) / row.mean(dim=-2, keepdim=True).clamp(min=floor)
-        else:
-            v_hat = state["variance"]
+        v_hat = estimate(state, floor)
         scale = max(eps2, p.detach().norm(2).item() / p.numel() ** 0.5) if group.get("scale_parameter", True) else 1.0
         parts.append((lrs[name] / eta0 * scale / v_hat.clamp(min=floor * floor).sqrt()).reshape(-1))
         floors.append(at_floor(v_hat, floor).reshape(-1))
@@ -301,14 +298,14 @@ def measure_stacked(model: nn.Module, params: dict[str, torch.Tensor], batch: Ba
                     starts: list[list[torch.Tensor] | None] | None = None, trace_samples: int = 0,
                     directional: bool = False, mode: str = "eval", micro_batch: int | None = None, seed: int = 0,
                     adam: AdamMoments | None = None, ratio: torch.Tensor | None = None, preconditioner: str = "last",
-                    floor_warn: float = FLOOR_WARN) -> list[SharpnessResult]:
+                    floor: torch.Tensor | None = None, floor_warn: float = FLOOR_WARN) -> list[SharpnessResult]:
     """:func:`measure` for G models of one architecture at once: ``params`` stacked along a leading member axis,
-    ``scale`` the (G, P) rows of each member's S — or, for Adam, ``adam`` with (G, P) moments and ``ratio`` the
-    (G, P) rows of lr_p / eta0 (S and the ε-floor share as in :func:`measure`). Each Lanczos step is one vmapped
+    ``scale`` the (G, P) rows of each member's S (with ``floor``, their (G, P) ε-floor masks, for Adafactor) — or,
+    for Adam, ``adam`` with (G, P) moments and ``ratio`` the (G, P) rows of lr_p / eta0 (S and the ε-floor share
+    as in :func:`measure`). Each Lanczos step is one vmapped
     HVP over the members still running; every member gets the answer it would get alone (same start, same
     stopping rule)."""
     hessian = StackedHessianOperator(model, params, batch, loss, mode, micro_batch)
-    floor = None
     if adam is not None:
         gradient = hessian.gradient() if preconditioner == "next" else None
         scale, floor = adam.scale(ratio, preconditioner, gradient)
@@ -351,7 +348,7 @@ class StackedSharpnessTracker:
 
     def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Batch, members: list[int],
                  scale: torch.Tensor | None = None, adam: AdamMoments | None = None,
-                 ratio: torch.Tensor | None = None) -> dict[int, SharpnessResult]:
+                 ratio: torch.Tensor | None = None, floor: torch.Tensor | None = None) -> dict[int, SharpnessResult]:
         index = torch.tensor(members, device=next(iter(params.values())).device)
         subset = {n: p[index] for n, p in params.items()}
         extra: dict[str, Any] = {}
@@ -359,6 +356,8 @@ class StackedSharpnessTracker:
             eps = adam.eps[index] if isinstance(adam.eps, torch.Tensor) else adam.eps
             extra = dict(adam=AdamMoments(adam.v[index], eps, adam.beta1, adam.beta2, adam.step),
                          ratio=ratio[index])
+        if floor is not None:
+            extra["floor"] = floor[index]
         results = measure_stacked(model, subset, batch, scale=None if scale is None else scale[index],
                                   starts=[self.previous.get(k) for k in members], **extra, **self.kwargs)
         for k, r in zip(members, results):

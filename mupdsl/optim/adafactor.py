@@ -21,10 +21,48 @@ from __future__ import annotations
 
 import torch
 
+BETA2_DECAY = -0.8
+"""torch.optim.Adafactor's default: β2_t = 1 − t^(−0.8)."""
+CLIP_D = 1.0
+"""torch.optim.Adafactor's default ``d``: the update's RMS is clipped to at most d."""
+
+
+def second_moment(grad: torch.Tensor, state: dict, one_minus_beta2: float, floor: float | torch.Tensor,
+                  matrix: bool) -> torch.Tensor:
+    """v̂ after folding ``grad`` into ``state`` (torch's single-tensor algorithm): for a matrix the row and column
+    means of g² over the last two dimensions (``row_var``, ``col_var``) and v̂ = R Cᵀ / max(mean(R), ε₁); for a
+    vector the full moment (``variance``). Leading dimensions are batch dimensions (a group's members); ``floor``
+    (ε₁) is a number or broadcasts against them."""
+    if not matrix:
+        state["variance"].lerp_(grad * grad, one_minus_beta2)
+    else:
+        state["row_var"].lerp_(torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)),
+                               one_minus_beta2)
+        state["col_var"].lerp_(torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)),
+                               one_minus_beta2)
+    return estimate(state, floor)
+
+
+def estimate(state: dict, floor: float | torch.Tensor) -> torch.Tensor:
+    """v̂ from Adafactor's state, leaving it as it is: R Cᵀ / max(mean(R), ε₁) for a matrix, the full moment (a copy)
+    for a vector (``floor``: ε₁, a number or broadcasting against leading batch dimensions)."""
+    if "row_var" not in state:
+        return state["variance"].clone()
+    row = state["row_var"]
+    return (row @ state["col_var"]).div_(row.mean(dim=-2, keepdim=True).clamp(min=floor))
+
+
+def moment_state(grad: torch.Tensor, matrix: bool) -> dict[str, torch.Tensor]:
+    """Zero second moments for ``grad`` (torch's state names)."""
+    if matrix:
+        return {"row_var": grad.new_zeros(grad.shape[:-1] + (1,)),
+                "col_var": grad.new_zeros(grad.shape[:-2] + (1, grad.shape[-1]))}
+    return {"variance": torch.zeros_like(grad)}
+
 
 class Adafactor(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-2, beta2_decay: float = -0.8,
-                 eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0,
+    def __init__(self, params, lr: float = 1e-2, beta2_decay: float = BETA2_DECAY,
+                 eps: tuple[float | None, float] = (None, 1e-3), d: float = CLIP_D, weight_decay: float = 0.0,
                  maximize: bool = False, scale_parameter: bool = True) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Adafactor's learning rate must be non-negative, got {lr}")
@@ -50,11 +88,7 @@ class Adafactor(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
-                    if grad.dim() > 1:
-                        state["row_var"] = grad.new_zeros(grad.shape[:-1] + (1,))
-                        state["col_var"] = grad.new_zeros(grad.shape[:-2] + (1, grad.shape[-1]))
-                    else:
-                        state["variance"] = torch.zeros_like(grad)
+                    state.update(moment_state(grad, grad.dim() > 1))
                 state["step"] += 1
                 t = float(state["step"])
                 floor = torch.finfo(p.dtype).eps if eps1 is None else eps1
@@ -64,16 +98,7 @@ class Adafactor(torch.optim.Optimizer):
                     alpha *= max(eps2, p.norm(2).item() / p.numel() ** 0.5)
                 if decay:
                     p.mul_(1 - lr * decay)
-                if grad.dim() > 1:
-                    row, col = state["row_var"], state["col_var"]
-                    row.lerp_(torch.linalg.vector_norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)),
-                              one_minus_beta2)
-                    col.lerp_(torch.linalg.vector_norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)),
-                              one_minus_beta2)
-                    estimate = (row @ col).div_(row.mean(dim=-2, keepdim=True).clamp_(min=floor))
-                else:
-                    state["variance"].lerp_(grad * grad, one_minus_beta2)
-                    estimate = state["variance"].clone()
+                estimate = second_moment(grad, state, one_minus_beta2, floor, grad.dim() > 1)
                 update = estimate.clamp_(min=floor * floor).rsqrt_().mul_(grad)
                 clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * d))
                 p.add_(update, alpha=-alpha / clip)

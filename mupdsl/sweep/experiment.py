@@ -224,7 +224,7 @@ class Experiment(BaseModel):
     """Depths to sweep (transfer across depth, seed 002 Fig. 4); the base depth defaults to the smallest."""
     base_depth: int | None = None
     optimizer: Literal["sgd", "adam", "adamw", "signsgd", "lion", "adafactor", "adafactor_unscaled", "muon"] = "sgd"
-    """SignSGD and Lion train in vmapped groups; Adafactor and Muon one trial at a time (docs/optimizers.md). The
+    """SignSGD, Lion and Adafactor train in vmapped groups; Muon one trial at a time (docs/optimizers.md). The
     preconditioned sharpness is defined for sgd, adam, adamw and adafactor(_unscaled), so the others need
     sharpness_every = 0."""
     lrs: Lrs

@@ -132,21 +132,29 @@ class SharpnessRecorder:
         cannot apply, e.g. an op without a batching rule for forward-over-reverse."""
         r, opt = self.replicas, self.replicas.optimizer
         eta0 = torch.tensor(self.eta0, device=r.device, dtype=r.flat.dtype).unsqueeze(1)
-        ratio = opt.lr / eta0     # S² = lr_p / η0 per member and coordinate
-        moments = AdamMoments(opt.exp_avg_sq, opt.eps, opt.beta1, opt.beta2, opt.steps) if self.adam else None
-        sgd = dict(scale=ratio.sqrt()) if moments is None else dict(adam=moments, ratio=ratio)
+        moments, floor = None, None
+        if self.exp.optimizer in ADAFACTORS:      # S² = D · max(ε₂, RMS(p)) / √v̂ per member
+            scale, floor = opt.adafactor_scale(r.flat, eta0)
+            ratio = scale.square()
+            given = dict(scale=scale, floor=floor)
+        else:
+            ratio = opt.lr / eta0     # S² = lr_p / η0 per member and coordinate
+            moments = AdamMoments(opt.exp_avg_sq, opt.eps, opt.beta1, opt.beta2, opt.steps) if self.adam else None
+            given = dict(scale=ratio.sqrt()) if moments is None else dict(adam=moments, ratio=ratio)
         try:
-            return self.tracker(r.template, r.views(), batch, live, **sgd)
+            return self.tracker(r.template, r.views(), batch, live, **given)
         except (RuntimeError, NotImplementedError):   # no batching rule: each member on its own model, below
-            return self._one_by_one(batch, live, ratio, moments)
+            return self._one_by_one(batch, live, ratio, moments, floor)
 
-    def _one_by_one(self, batch: Batch, live: list[int], ratio: torch.Tensor,
-                    moments: AdamMoments | None) -> dict[int, SharpnessResult]:
+    def _one_by_one(self, batch: Batch, live: list[int], ratio: torch.Tensor, moments: AdamMoments | None,
+                    floor: torch.Tensor | None = None) -> dict[int, SharpnessResult]:
         r = self.replicas
         results = {}
         for k in live:
             model = r.load(k)
             one = dict(scale=ratio[k].sqrt()) if moments is None else dict(adam=_member(moments, k), ratio=ratio[k])
+            if floor is not None:
+                one["floor"] = floor[k]
             result = measure(model, batch, names=r.names, start=self.tracker.previous.get(k), **one,
                              **self.tracker.kwargs)
             self.tracker.previous[k] = result.vectors

@@ -130,7 +130,7 @@ def spec_error(exp: Experiment, spec: str, exc: CompileError) -> CompileError:
 
 def stackable(compiled) -> str | None:
     """Why a trial cannot join a vmapped group, or None: BatchNorm's running statistics do not vmap over members,
-    a centered model has its own θ₀ per member, and Adafactor / Muon are not elementwise."""
+    a centered model has its own θ₀ per member, and Muon is not elementwise (orthogonalised per matrix)."""
     if compiled.plan.optimizer not in STACKED_OPTIMIZERS:
         return f"optimizer {compiled.plan.optimizer} is not elementwise"
     if compiled.plan.network.center:
