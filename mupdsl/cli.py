@@ -357,7 +357,8 @@ def sharpness_cmd(spec, model, width, base_width, depth, base_depth, optimizer, 
                 f"residuals {', '.join(f'{r:.1e}' for r in result.residual)}, converged {result.converged}")
     if result.floor_share is not None:
         variant = f", preconditioner {preconditioner}" if optimizer in ("adam", "adamw") else ""
-        out().print(f"  share of the top eigenvector at the ε floor (v̂ ≤ ε²{variant}): {100 * result.floor_share:.1f}%")
+        out().print(f"  share of the top eigenvector at the ε floor (v̂ ≤ ε²{variant}): "
+                    f"{100 * result.floor_share:.1f}%")
     if result.warning:
         err().print(f"[yellow]warning: {result.warning}[/]")
     if result.trace is not None:

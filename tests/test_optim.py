@@ -223,6 +223,29 @@ def test_fold_settings_train_a_multiplier_exactly(optimizer):
     assert torch.allclose(plain, carried, rtol=1e-5, atol=1e-6), (plain - carried).abs().max()
 
 
+@pytest.mark.parametrize("scale_parameter", [True, False])
+def test_adafactor_folds_exactly_where_the_row_means_of_g2_are_below_eps1(scale_parameter):
+    """Gradients of about 3e-3 with ε₁ = 1e-4: the row means of g² (about 1e-5) are below ε₁, where torch floors
+    them; that floor must move with the fold as g² does (ε₁ / |f|, so ε₁² / f²), and torch's ε₁ would not."""
+    torch.manual_seed(0)
+    w0, target = torch.randn(6, 4), torch.randn(6, 4)
+    optimizer = "adafactor" if scale_parameter else "adafactor_unscaled"
+    f, lr, eps = 0.25, 0.01, 1e-4
+    folded = fold_settings(optimizer, f, lr, None, eps)
+
+    def make(lr_, eps_, eps2_factor=1.0):
+        return lambda p: adafactor_class()([p], lr=lr_, eps=(eps_, ADAFACTOR_EPS2 * eps2_factor),
+                                           scale_parameter=scale_parameter)
+
+    def grads(W, t):
+        return 3e-3 * (W - target * (1 + 0.1 * t))
+
+    plain = _train(make(lr, eps), w0, f, grads)
+    carried = _train(make(folded.lr, folded.eps, folded.eps2_factor), f * w0, 1.0, grads)
+    assert (f * 3e-3 * (f * w0 - target)).square().mean() < eps      # torch's floor would bind
+    assert torch.allclose(plain, carried, rtol=1e-5, atol=1e-7), (plain - carried).abs().max()
+
+
 def test_combined_steps_every_part_and_shares_their_groups():
     p, q = _param([1.0]), _param([1.0])
     opt = Combined({"sign": SignSGD([p], lr=0.1), "lion": Lion([q], lr=0.2)})

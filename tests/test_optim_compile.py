@@ -13,8 +13,8 @@ from mupdsl.models.mlp import example_batch
 from mupdsl.optim import Combined, Lion, Muon, SignSGD
 
 MLP = "mupdsl.models.mlp"
-PRESET = {"sgd": "mup", "adam": "mup", "adamw": "mup", "signsgd": "mup", "lion": "mup", "adafactor": "mup_adafactor", "adafactor_unscaled": "mup",
-          "muon": "mup_muon"}
+PRESET = {"sgd": "mup", "adam": "mup", "adamw": "mup", "signsgd": "mup", "lion": "mup", "adafactor": "mup_adafactor",
+          "adafactor_unscaled": "mup", "muon": "mup_muon"}
 
 
 def _spec(tmp_path, optimizer, extra=""):
@@ -203,8 +203,12 @@ def test_a_class_of_another_family_is_refused_even_without_folded_multipliers():
     refused at build time, not crashed at step time; a Muon class on a plan that is not Muon's is refused too."""
     compiled = compile_model("sp_adafactor", MLP, width=128, base_width=64, optimizer="adafactor")
     assert all(t.carried is None or t.carried.fold == 1.0 for t in compiled.plan.tensors)
-    with pytest.raises(CompileError, match=r"AdamW is adam-like"):
+    with pytest.raises(CompileError, match=r"AdamW: the plan was compiled for adafactor; its groups hold"):
         compiled.optimizer(torch.optim.AdamW)
+    unscaled = compile_model("mup", MLP, width=128, base_width=64, optimizer="adafactor_unscaled")
+    for cls in (torch.optim.AdamW, Lion):      # the adam family, but not Adafactor's settings
+        with pytest.raises(CompileError, match=r"compiled for adafactor_unscaled; its groups hold Adafactor's"):
+            unscaled.optimizer(cls)
     adam = compile_model("sp", MLP, width=128, base_width=64, optimizer="adamw")
     for cls in [Muon] + ([torch.optim.Muon] if hasattr(torch.optim, "Muon") else []):
         with pytest.raises(CompileError, match=r"compiled for adamw; Muon orthogonalises"):
@@ -221,6 +225,8 @@ def test_torch_adafactor_is_warned_about_with_one_rate_too():
 def test_muon_adjust_lr_fn_none_is_torchs_original():
     compiled = compile_model("mup_muon", MLP, width=128, base_width=64, optimizer="muon")
     assert set(compiled.optimizer(adjust_lr_fn=None).parts) == {"muon", "adamw"}
+    for value in ("original", None):     # mupdsl's Muon (torch < 2.9) has no shape factor to adjust
+        assert isinstance(compiled.optimizer(Muon, adjust_lr_fn=value).parts["muon"], Muon)
 
 
 def test_combined_after_load_state_dict_steps_with_the_groups_a_scheduler_changes():
@@ -266,3 +272,22 @@ def test_a_rule_naming_a_tied_alias_selects_the_tensor(tmp_path):
     plain = compile_model("mup_muon", gpt2, width=64, base_width=32, optimizer="muon")
     assert plain.plan.tensor("transformer.wte.weight").optimizer == "adamw"
     assert not [w for w in compiled.plan.warnings if "matches no tensor" in w]
+
+
+def test_combined_survives_deepcopy_and_pickle():
+    """torch's Optimizer pickles only defaults, state and groups; a Combined keeps its parts (and their state)."""
+    import pickle
+
+    compiled = compile_model("mup_muon", MLP, width=64, base_width=32, optimizer="muon")
+    opt = compiled.optimizer()
+    for p in compiled.model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for copied in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert set(copied.parts) == set(opt.parts) and len(copied.state) == len(opt.state)
+        assert all(any(g is h for part in copied.parts.values() for h in part.param_groups)
+                   for g in copied.param_groups)
+        params = [p for g in copied.param_groups for p in g["params"]]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        copied.step()   # steps its own copies of the parameters

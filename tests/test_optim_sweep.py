@@ -1,8 +1,8 @@
 """Sweeps with the optimizer families beyond Adam: SignSGD, Lion and Adafactor (both kinds) train in vmapped groups
 that reproduce the one-at-a-time trials; Muon is refused by the stacked optimizer and runs one at a time, with a
-notice; an experiment that asks for the preconditioned sharpness under SignSGD, Lion or Muon is a located error. Then smaller versions of
-the transfer sweeps (runners/optim_transfer_*.toml, docs/optimizers.md "Transfer"), slow, and the cap on torch's
-Adafactor step that the tool's own Adafactor removes."""
+notice; an experiment that asks for the preconditioned sharpness under SignSGD, Lion or Muon is a located error.
+Then smaller versions of the transfer sweeps (runners/optim_transfer_*.toml, docs/optimizers.md "Transfer"), slow,
+and the cap on torch's Adafactor step that the tool's own Adafactor removes."""
 
 import math
 from pathlib import Path
@@ -59,6 +59,39 @@ def test_grouped_equals_one_at_a_time(tmp_path, optimizer):
         np.testing.assert_allclose(curves["eval_loss"], c["eval_loss"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["adafactor", "adafactor_unscaled"])
+def test_stacked_adafactor_steps_each_member_as_its_own_optimizer_and_freezes_masked_ones(optimizer):
+    """Members with their own rate, ε₁ and weight decay, one frozen by the mask: each live member's buffer row moves
+    as its own compiled model under mupdsl.optim.Adafactor, the frozen one not at all."""
+    from mupdsl.compile import compile_model
+
+    spec = "mup_adafactor" if optimizer == "adafactor" else "mup"
+    settings = [(0.01, 1e-3, 0.0), (0.03, 1e-6, 0.1), (0.02, 1e-4, 0.1)]    # (eta0, eps0, wd0)
+    members = [compile_model(spec, "mupdsl.models.mlp", width=32, base_width=16, optimizer=optimizer, seed=k,
+                             overrides={"eta0": lr, "eps0": eps, "wd0": wd}) for k, (lr, eps, wd) in enumerate(settings)]
+    stack = FlatStack.of(members[0])
+    flat = stack.flat(members)
+    opt = StackedOptimizer(stack, members, flat)
+    alone = [m.optimizer() for m in members]
+    mask = torch.tensor([1.0, 0.0, 1.0])
+    start = flat.clone()
+    torch.manual_seed(0)
+    for step in range(4):
+        grads = torch.randn_like(flat) * torch.tensor([1.0, 1.0, 1e-3]).unsqueeze(1)   # small ones: ε₁ matters
+        opt.step(flat, grads, mask=mask, lr_factor=0.5 if step == 2 else 1.0)
+        for k in (0, 2):
+            for name, g in stack.views(grads).items():
+                members[k].model.get_parameter(name).grad = g[k].clone()
+            for group in alone[k].param_groups:
+                group["lr"] *= 0.5 if step == 2 else 1.0
+            alone[k].step()
+            for group in alone[k].param_groups:
+                group["lr"] /= 0.5 if step == 2 else 1.0
+    expected = stack.flat(members)
+    torch.testing.assert_close(flat[[0, 2]], expected[[0, 2]], rtol=1e-5, atol=1e-7)
+    assert torch.equal(flat[1], start[1])
+
+
 @pytest.mark.parametrize("optimizer", ["muon"])
 def test_the_stacked_optimizer_refuses_families_that_are_not_elementwise(tmp_path, optimizer):
     exp = experiment(tmp_path, optimizer)
@@ -99,6 +132,21 @@ def test_a_spec_without_rules_for_the_optimizer_is_named_in_the_sweeps_error(tmp
         run(exp, tmp_path / "out", gated=False, say=lambda _: None)
     with pytest.raises(CompileError, match=named):
         compile_member(exp, next(t for t in plan_trials(exp) if t["spec"] == "mup"))
+
+
+@pytest.mark.parametrize("optimizer", ["adafactor", "adafactor_unscaled"])
+def test_adams_next_preconditioner_under_adafactor_is_a_located_error(tmp_path, optimizer):
+    with pytest.raises(ExperimentError) as info:
+        experiment(tmp_path, optimizer, extra='sharpness_every = 5\npreconditioner = "next"\n')
+    assert info.value.key == "measure" and f"but optimizer is {optimizer}" in info.value.message
+
+
+def test_adafactors_floor_warning_does_not_offer_adams_next():
+    from mupdsl.measure.sharpness import floor_warning
+
+    assert "preconditioner = \"next\"" in floor_warning(0.9, 0.25)
+    adafactor = floor_warning(0.9, 0.25, adam=False)
+    assert "next" not in adafactor and "v̂ ≤ ε₁²" in adafactor and floor_warning(0.1, 0.25, adam=False) is None
 
 
 # --- Transfer across width (docs/optimizers.md, "Transfer"): smaller versions of runners/optim_transfer_*.toml ---

@@ -452,7 +452,7 @@ def test_adafactor_preconditioner_after_one_step_and_its_sharpness_against_a_den
         eps1 = torch.finfo(torch.float64).eps if eps1 is None else eps1
         if g.dim() > 1:
             row, col = (g * g).mean(dim=-1, keepdim=True), (g * g).mean(dim=-2, keepdim=True)
-            v_hat = row @ col / row.mean().clamp(min=eps1)
+            v_hat = row @ col / row.mean().clamp(min=eps1 ** 2)     # the row means floored at ε₁²
         else:
             v_hat = g * g
         rms = max(eps2, float(p.norm() / p.numel() ** 0.5)) if optimizer == "adafactor" else 1.0

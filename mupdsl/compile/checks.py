@@ -89,8 +89,9 @@ def lint(plan: Plan, analysis: Analysis, spec: Spec) -> Findings:
 
 
 def ratio_form(spec: Spec, optimizer: str, tensors: list[tuple[tuple[str, ...], str, bool]]) -> bool:
-    """Whether the rules that decide ``tensors`` ((names, role, residual) each, a tensor's own name and its aliases) and the network rules use sizes only
-    as ratios to the base, so that at the base width and depth they reduce to constants."""
+    """Whether the rules that decide ``tensors`` ((names, role, residual) each: a tensor's own name and its
+    aliases) and the network rules use sizes only as ratios to the base, so that at the base width and depth they
+    reduce to constants."""
     net = network(spec, optimizer)
     monomials = [net.gamma, net.tau, net.branch] + ([net.attention] if net.attention is not None else [])
     for name, role, residual in tensors:

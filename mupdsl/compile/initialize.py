@@ -200,6 +200,10 @@ def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None 
     folded. ``names``: the tensors it trains (default all)."""
     tensors = [t for t in plan.tensors if names is None or t.name in names]
     family = CLASS_FAMILY.get(cls.__name__)
+    if optimizer in ADAFACTORS and cls.__name__ != "Adafactor":
+        raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}; its groups hold Adafactor's "
+                           "settings (ε₁ and ε₂, scale_parameter)", hint="pass an Adafactor class (mupdsl.optim, "
+                           "transformers), or compile with --optimizer for this optimizer")
     if cls.__name__ == "Muon" and optimizer != "muon":
         raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}; Muon orthogonalises matrices "
                            "and has rules of its own", hint="compile with --optimizer muon (a muon section decides "
@@ -270,7 +274,8 @@ def optimizer_for(model: nn.Module, plan: Plan, cls: type | None = None, **kwarg
 def _huggingface_adafactor_groups(cls: type, groups: list[dict[str, Any]], kwargs: dict) -> list[dict[str, Any]]:
     """Groups for HuggingFace's ``transformers.Adafactor`` (recognised by its ``relative_step``), which runs the same
     algorithm with other conventions: ``relative_step=True`` replaces the rate by min(10⁻², 1/√t), so it must be
-    off; its ε₁ is added to g² where torch's floors √v̂, so it takes ε₁² (10⁻³⁰ for torch's default); and it decays
+    off; its ε₁ is added to g² where mupdsl floors g²'s means and v̂ at ε₁², so it takes ε₁² (for the default ε₁,
+    float32's machine epsilon, its square) — the same step while g² ≫ ε₁², nearly the same below; and it decays
     weights by the parameter-scaled rate, which no plan's weight decay means. Other classes get ``groups``."""
     params = inspect.signature(cls.__init__).parameters
     if "relative_step" not in params:
@@ -281,7 +286,8 @@ def _huggingface_adafactor_groups(cls: type, groups: list[dict[str, Any]], kwarg
     if any(g["weight_decay"] and g.get("scale_parameter", True) for g in groups):
         raise CompileError(f"{cls.__name__} decays weights by lr·RMS(p)·wd per step, the plan by lr·wd",
                            hint="use mupdsl.optim.Adafactor (compiled.optimizer() without cls)")
-    return [{**g, "eps": (1e-30 if g["eps"][0] is None else g["eps"][0] ** 2, g["eps"][1])} for g in groups]
+    machine = torch.finfo(torch.float32).eps
+    return [{**g, "eps": ((machine if g["eps"][0] is None else g["eps"][0]) ** 2, g["eps"][1])} for g in groups]
 
 
 PLAN_KEYS = {"lr": "lr", "weight_decay": "wd", "eps": "eps"}
@@ -328,8 +334,10 @@ def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwa
             parts["muon"] = _build(cls, torch_muon_groups(matrices), **{**kwargs, "adjust_lr_fn": "original"})
         if kernels:     # mupdsl's Muon has no shape factor to adjust
             parts["muon_kernels"] = _build(Muon, kernels, **{k: v for k, v in kwargs.items() if k != "adjust_lr_fn"})
-    elif owned:
-        parts["muon"] = _build(cls, matrices + kernels, **kwargs)
+    elif owned:         # a Muon without torch's shape factor: adjust_lr_fn (original or None) has nothing to adjust
+        accepted = inspect.signature(cls.__init__).parameters
+        parts["muon"] = _build(cls, matrices + kernels,
+                               **{k: v for k, v in kwargs.items() if k != "adjust_lr_fn" or k in accepted})
     if rest:
         fallback = rest[0]["optimizer"]
         fallback_cls = _default_class(fallback)

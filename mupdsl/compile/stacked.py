@@ -111,11 +111,11 @@ class StackedOptimizer:
              lr_factor: float = 1.0) -> torch.Tensor:
         """Update ``flat`` in place (and return it) from ``grad``; fused ops, no temporaries beyond Adam's one."""
         self.steps += 1
+        if self.kind in ADAFACTORS:
+            return self._adafactor_step(flat, grad, mask, lr_factor)
         lr = self.lr if lr_factor == 1.0 else self.lr * lr_factor
         if mask is not None:
             lr = lr * mask.to(flat.dtype).unsqueeze(1)
-        if self.kind in ADAFACTORS:
-            return self._adafactor_step(flat, grad, mask, lr_factor)
         if self.kind == "sgd":
             if self.decay:
                 grad = grad.addcmul(self.wd, flat)

@@ -63,14 +63,16 @@ def floor_share(vector: torch.Tensor, floor: torch.Tensor) -> float:
     return float(vector[floor].square().sum() / total.clamp_min(1e-300))
 
 
-def floor_warning(share: float, threshold: float = FLOOR_WARN) -> str | None:
-    """The message a large floor share deserves, or None."""
+def floor_warning(share: float, threshold: float = FLOOR_WARN, adam: bool = True) -> str | None:
+    """The message a large floor share deserves, or None (``adam``: Adam's, which has the ``next`` variant; else
+    Adafactor's ε₁ floor)."""
     if share <= threshold:
         return None
     return (f"{100 * share:.0f}% of the top eigenvector of D P⁻¹ H lies on coordinates at the ε floor "
-            f"(v̂ ≤ ε², preconditioner lr/ε): the value measures directions the training gradients never moved "
-            f"(e.g. units dead on the training batches), not the trained landscape; measure on a larger batch, "
-            f"with preconditioner = \"next\", or read it as an upper bound")
+            + ("(v̂ ≤ ε², preconditioner lr/ε)" if adam else "(Adafactor's v̂ ≤ ε₁²)")
+            + ": the value measures directions the training gradients never moved (e.g. units dead on the training "
+              "batches), not the trained landscape; measure on a larger batch"
+            + (", with preconditioner = \"next\"," if adam else "") + " or read it as an upper bound")
 
 
 @dataclass
@@ -160,8 +162,8 @@ def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float
 
 def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
                              optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S, the ε₁-floor mask v̂ ≤ ε₁², as Adam's :func:`at_floor`), flat in the order of ``names``, for Adafactor (:class:`mupdsl.optim.Adafactor`, or torch's below its cap):
-    its step is lr_p · max(ε₂, RMS(p)) · g / √v̂ with v̂ the factored second moment R Cᵀ / mean(R) of a matrix (the
+    """(S, the ε₁-floor mask v̂ ≤ ε₁², as Adam's :func:`at_floor`), flat in the order of ``names``, for Adafactor
+    (:class:`mupdsl.optim.Adafactor`, or torch's below its cap): its step is lr_p · max(ε₂, RMS(p)) · g / √v̂ with v̂ the factored second moment R Cᵀ / mean(R) of a matrix (the
     plain one of a vector), so with D = diag(lr_p / η0), S² = D · max(ε₂, RMS(p)) / √max(v̂, ε₁²) and λmax(S H S)
     is compared with 2/η0 (no momentum). The update-norm clipping (d) is left out: the linearised step. A group with
     ``scale_parameter=False`` (``adafactor_unscaled``) has no RMS(p) factor: S² = D / √max(v̂, ε₁²), Adam's without
@@ -263,7 +265,7 @@ def measure(model: nn.Module, batch: Batch, *, loss: str = "ce", names: list[str
                              scale=scale)
     if floor is not None:
         result.floor_share = floor_share(eig.vectors[0], floor.to(hessian.device))
-        result.warning = floor_warning(result.floor_share, floor_warn)
+        result.warning = floor_warning(result.floor_share, floor_warn, adam is not None)
     if trace_samples:
         t = hutchinson(op, op.dim, trace_samples, seed=seed, **common)
         result.trace, result.trace_stderr = t.value, t.stderr
@@ -323,7 +325,7 @@ def measure_stacked(model: nn.Module, params: dict[str, torch.Tensor], batch: Ba
     if floor is not None:
         for r, mask in zip(results, floor):
             r.floor_share = floor_share(r.vectors[0], mask)
-            r.warning = floor_warning(r.floor_share, floor_warn)
+            r.warning = floor_warning(r.floor_share, floor_warn, adam is not None)
     if trace_samples:
         for r, t in zip(results, hutchinson_batched(op, hessian.count, hessian.dim, trace_samples, seed=seed,
                                                     **common)):

@@ -7,7 +7,8 @@ factors on the rate, cannot be expressed through it. Here ρ_t = lr, everything 
 algorithm (same defaults, the same state names):
 
     β2_t = 1 − t^{beta2_decay};   factored second moment for ≥ 2-D tensors (row and column means of g² over the last
-    two dimensions, R Cᵀ / mean(R)), a full one for vectors;   u = g / √max(v̂, ε₁²);
+    two dimensions, R Cᵀ / max(mean(R), ε₁²) — torch floors mean(R) at ε₁, see :func:`estimate`), a full one for
+    vectors;   u = g / √max(v̂, ε₁²);
     p ← p (1 − lr λ) − lr · max(ε₂, RMS(p)) · u / max(1, RMS(u)/d).
 
 It equals ``torch.optim.Adafactor`` step for step whenever lr ≤ 1/√t (tested).
@@ -44,12 +45,16 @@ def second_moment(grad: torch.Tensor, state: dict, one_minus_beta2: float, floor
 
 
 def estimate(state: dict, floor: float | torch.Tensor) -> torch.Tensor:
-    """v̂ from Adafactor's state, leaving it as it is: R Cᵀ / max(mean(R), ε₁) for a matrix, the full moment (a copy)
-    for a vector (``floor``: ε₁, a number or broadcasting against leading batch dimensions)."""
+    """v̂ from Adafactor's state, leaving it as it is: R Cᵀ / max(mean(R), ε₁²) for a matrix, the full moment (a copy)
+    for a vector (``floor``: ε₁, a number or broadcasting against leading batch dimensions).
+
+    torch clamps mean(R), a mean of g², at ε₁ — a floor in gradient units applied to a squared gradient. Here it is
+    ε₁², as for v̂ itself, so that a weight multiplier folded into ε₁ (ε₁ / |f| for g / f) trains exactly; the two
+    agree whenever mean(R) ≥ ε₁ (tested against torch on gradients of order one)."""
     if "row_var" not in state:
         return state["variance"].clone()
     row = state["row_var"]
-    return (row @ state["col_var"]).div_(row.mean(dim=-2, keepdim=True).clamp(min=floor))
+    return (row @ state["col_var"]).div_(row.mean(dim=-2, keepdim=True).clamp(min=floor * floor))
 
 
 def moment_state(grad: torch.Tensor, matrix: bool) -> dict[str, torch.Tensor]:

@@ -156,6 +156,15 @@ class Combined(torch.optim.Optimizer):
     def state(self, value) -> None:
         """torch.optim.Optimizer.__init__ assigns an empty state; the parts keep theirs."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For copy.deepcopy and pickle: the parts (torch's own keeps only defaults, state and param_groups)."""
+        return {"parts": self.parts, "defaults": self.defaults}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__["parts"] = state["parts"]
+        super().__setstate__({"defaults": state["defaults"], "param_groups": self._part_groups()})
+        self._built = True
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_built", False):
             raise ValueError("Combined optimizer: a new group would belong to no part and never be stepped; add it "

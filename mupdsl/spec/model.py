@@ -2,8 +2,8 @@
 
 A :class:`Spec` is the result of loading a file and every file it ``extends``: hyperparameters with their
 values, an ordered list of :class:`Rule` (each with the section it belongs to: all optimizers, ``sgd``,
-``adam``, ``adamw``, ``signsgd``, ``lion``, ``adafactor``, ``adafactor_unscaled`` or ``muon``) and the network-level settings. Nothing here
-imports torch.
+``adam``, ``adamw``, ``signsgd``, ``lion``, ``adafactor``, ``adafactor_unscaled`` or ``muon``) and the
+network-level settings. Nothing here imports torch.
 """
 
 from __future__ import annotations

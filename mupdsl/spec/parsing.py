@@ -23,7 +23,8 @@ from .errors import SourcePos, SpecError
 from .limits import MAX_EXPR_TOKENS, MAX_NESTING, parse_number
 from .model import Expr
 from .syntax import (
-    KEYWORDS, Broken, division_problem, lark_parse, number_error, parser, syntax_error, too_deep, too_long,
+    KEYWORDS, Broken, division_problem, glued_number_error, lark_parse, number_error, parser, syntax_error, too_deep,
+    too_long,
 )
 
 SMALL = 64 * 1024
@@ -43,6 +44,9 @@ def parse_checked(text: str, path: str, exprs: bool = False) -> tuple[Tree, bool
     reader would build from its subtree; an expression with a bad number or an ambiguous exponent is a
     :class:`Broken` that raises its error when read), instead of its Lark subtree.
     """
+    glued = glued_number_error(text, path)    # never valid; either parser would report it later, elsewhere
+    if glued is not None:
+        raise glued
     try:
         return FastParser(text, path, exprs).parse(), True
     except Bail:

@@ -36,8 +36,8 @@ SECTION_RANK = {
 """Which sections each optimizer reads, and their precedence. Sign-like updates scale as Adam's (TP4b Remark 2.2.7),
 so ``signsgd`` and ``lion`` start from ``adam``'s rules, as does Adafactor without parameter scaling
 (``adafactor_unscaled``: lr times a scale-free update, like Adam's); Adafactor's parameter-scaled step
-(c_Adafactor = c_Adam − b, Everett et al. 2024) and Muon's orthogonalised one need rules of their own. Under ``muon`` the tensors Muon does not
-own are resolved as their fallback optimizer (:func:`trained_by`)."""
+(c_Adafactor = c_Adam − b, Everett et al. 2024) and Muon's orthogonalised one need rules of their own. Under
+``muon`` the tensors Muon does not own are resolved as their fallback optimizer (:func:`trained_by`)."""
 
 TensorNames = str | tuple[str, ...] | None
 """A tensor's qualified name, or its names (its own first, then its tied aliases), or None for a role alone."""

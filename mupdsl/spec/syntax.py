@@ -113,14 +113,18 @@ def _end_pos(text: str, path: str) -> SourcePos:
     return SourcePos(path, len(lines), len(lines[-1]) + 1)
 
 
-_GLUED_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?[A-Za-z_][A-Za-z0-9_]*")
-"""A number with a name glued to it (``0x10``, ``1_000``, ``2e``): never valid, and Lark reports it later, where
-the name it read as a second token stops the statement."""
+_GLUED_NUMBER = re.compile(
+    r"(?<![A-Za-z0-9_.])(?>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[A-Za-z_][A-Za-z0-9_]*")
+"""A number with a name glued to it (``0x10``, ``1_000``, ``2e``, ``.5e``): never valid, and a parser reports it
+later, where the name it read as a second token stops the statement — or reads it as the start of the next one.
+The number is matched atomically, so ``1e-3`` is a number and not ``1`` glued to ``e``."""
 
 
-def glued_number(text: str, line: int) -> tuple[int, int, str] | None:
-    """The first number with a name glued to it on lines 1…``line``, outside comments and globs: (line, column,
-    the text), or None."""
+def glued_number(text: str, line: int | None = None) -> tuple[int, int, str] | None:
+    """The first number with a name glued to it on lines 1…``line`` (all lines: None), outside comments and globs:
+    (line, column, the text), or None."""
+    if not _GLUED_NUMBER.search(text):     # one scan of the file; lines, comments and globs only for a candidate
+        return None
     for number, source_line in enumerate(text.split("\n")[:line], start=1):
         code = re.sub(r'"[^"\n]*"', lambda m: " " * len(m.group()), source_line).split("#", 1)[0]
         found = _GLUED_NUMBER.search(code)
@@ -129,18 +133,26 @@ def glued_number(text: str, line: int) -> tuple[int, int, str] | None:
     return None
 
 
+def glued_number_error(text: str, path: str, line: int | None = None) -> SpecError | None:
+    """The error for the first number with a name glued to it (:func:`glued_number`), or None."""
+    glued = glued_number(text, line)
+    if glued is None:
+        return None
+    at, column, shown = glued
+    return SpecError(f"'{shown}' is not a number", SourcePos(path, at, column, column + len(shown)), source=text,
+                     hint="write numbers in decimal, with no letter or '_' after them (16, 1000, 1e-3); put a space "
+                          "or an operator between a number and a name")
+
+
 def syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
     line = getattr(exc, "line", None)
     col = getattr(exc, "column", None)
     if not isinstance(line, int) or line < 1:
         end = _end_pos(text, path)
         line, col = end.line, end.col
-    glued = glued_number(text, line)
+    glued = glued_number_error(text, path, line)
     if glued is not None:
-        at, column, shown = glued
-        return SpecError(f"'{shown}' is not a number", SourcePos(path, at, column, column + len(shown)),
-                         source=text, hint="write numbers in decimal, with no letter or '_' after them (16, 1000, "
-                                           "1e-3); put a space or an operator between a number and a name")
+        return glued
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
         what = _char_name(char)

@@ -399,9 +399,10 @@ class Experiment(BaseModel):
     @field_validator("measure")
     @classmethod
     def _measure_fits_optimizer(cls, m: Measure, info) -> Measure:
-        if info.data.get("optimizer") == "sgd" and m.preconditioner != "last":
-            raise ValueError(f"preconditioner = \"{m.preconditioner}\" chooses Adam's v̂, but optimizer is sgd "
-                             "(remove the key)")
+        optimizer = info.data.get("optimizer", "sgd")
+        if optimizer not in ("adam", "adamw") and m.preconditioner != "last":
+            raise ValueError(f"preconditioner = \"{m.preconditioner}\" chooses Adam's v̂, but optimizer is "
+                             f"{optimizer} (remove the key)")
         return m
 
     def depth_values(self) -> list[int | None]:

@@ -62,8 +62,9 @@ def record_measurement(curves: dict[str, list], step: int, result: SharpnessResu
             curves.setdefault(key, []).append(value)
 
 
-def floor_notice(trial: dict[str, Any], curves: dict, threshold: float) -> str | None:
-    """A warning naming the largest ε-floor share of a trial's Adam measurements, when it exceeds ``threshold``."""
+def floor_notice(trial: dict[str, Any], curves: dict, threshold: float, adam: bool = True) -> str | None:
+    """A warning naming the largest ε-floor share of a trial's Adam (``adam``) or Adafactor measurements, when it
+    exceeds ``threshold``."""
     shares = np.asarray(curves.get("floor_share", []), dtype=float)
     if not shares.size or not np.nanmax(shares) > threshold:
         return None
@@ -71,7 +72,7 @@ def floor_notice(trial: dict[str, Any], curves: dict, threshold: float) -> str |
     steps = np.asarray(curves.get("sharp_step", []))
     step = int(steps[worst]) if steps.size == shares.size else worst
     return (f"warning: {trial['spec']} width {trial['width']} lr {trial['lr']:.4g}, step {step}: "
-            + floor_warning(float(shares[worst]), 0.0)
+            + floor_warning(float(shares[worst]), 0.0, adam)
             + f" ({int((shares > threshold).sum())} of {shares.size} measurements above {threshold:.0%})")
 
 

@@ -158,7 +158,7 @@ def _run_local(exp: Experiment, groups: dict[tuple, list[dict[str, Any]]], data,
         depth = f" depth {trial['depth']}" if trial["depth"] is not None else ""
         say(f"[{counts['ran']}/{total}] {trial['spec']} width {trial['width']}{depth} lr {trial['lr']:.4g} seed "
             f"{trial['seed']}: {status}" + (f", loss {final:.4f}" if status == "done" else "") + f" ({seconds:.2f} s)")
-        notice = floor_notice(trial, curves or {}, exp.measure.floor_warn)
+        notice = floor_notice(trial, curves or {}, exp.measure.floor_warn, exp.optimizer in ("adam", "adamw"))
         if notice:
             say(notice)
 
