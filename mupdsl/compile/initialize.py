@@ -315,6 +315,14 @@ def _check_adjust_lr(kwargs: dict) -> None:
                            hint="write the factor in the spec instead (sp_muon_rms is match_rms_adamw's)")
 
 
+def _without_shape_factor(cls: type, kwargs: dict) -> dict:
+    """``kwargs`` less ``adjust_lr_fn`` for a Muon class without torch's shape factor (mupdsl's): with the only values
+    :func:`_check_adjust_lr` lets through (original, None) it has nothing to adjust."""
+    if "adjust_lr_fn" in inspect.signature(cls.__init__).parameters:
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k != "adjust_lr_fn"}
+
+
 def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwargs: dict, kwargs: dict) -> Combined:
     groups = param_groups(model, plan)
     owned = [g for g in groups if g["optimizer"] == "muon"]
@@ -332,12 +340,10 @@ def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwa
     if cls is getattr(torch.optim, "Muon", None):
         if matrices:
             parts["muon"] = _build(cls, torch_muon_groups(matrices), **{**kwargs, "adjust_lr_fn": "original"})
-        if kernels:     # mupdsl's Muon has no shape factor to adjust
-            parts["muon_kernels"] = _build(Muon, kernels, **{k: v for k, v in kwargs.items() if k != "adjust_lr_fn"})
-    elif owned:         # a Muon without torch's shape factor: adjust_lr_fn (original or None) has nothing to adjust
-        accepted = inspect.signature(cls.__init__).parameters
-        parts["muon"] = _build(cls, matrices + kernels,
-                               **{k: v for k, v in kwargs.items() if k != "adjust_lr_fn" or k in accepted})
+        if kernels:
+            parts["muon_kernels"] = _build(Muon, kernels, **_without_shape_factor(Muon, kwargs))
+    elif owned:
+        parts["muon"] = _build(cls, matrices + kernels, **_without_shape_factor(cls, kwargs))
     if rest:
         fallback = rest[0]["optimizer"]
         fallback_cls = _default_class(fallback)

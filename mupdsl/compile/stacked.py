@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..optim.adafactor import BETA2_DECAY, CLIP_D, estimate, moment_state, second_moment
+from ..optim.adafactor import BETA2_DECAY, CLIP_D, members_preconditioner, members_step, moment_state
 from ..optim.families import ADAFACTOR_EPS2, ADAFACTORS
 from ..optim.sign import lion_direction, signsgd_direction
 from .compiled import CompiledModel
@@ -139,33 +139,22 @@ class StackedOptimizer:
 
     def _adafactor_step(self, flat: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | None,
                         lr_factor: float) -> torch.Tensor:
-        """Adafactor over the members, tensor by tensor (each a (G, *shape) slice of the buffer)."""
+        """Adafactor over the members, tensor by tensor (:func:`mupdsl.optim.adafactor.members_step` on each slice)."""
         lr = self.lr_table * lr_factor
         if mask is not None:
             lr = lr * mask.to(flat.dtype).unsqueeze(1)
         one_minus_beta2 = self.steps ** BETA2_DECAY
-        for i, (p, g) in enumerate(zip(self._slices(flat), self._slices(grad))):
-            shape = self.stack.shapes[i]
-            matrix = len(shape) >= 2
+        # weights: (G, size) views of the buffer (writing to them writes to it); gradients: (G, *shape), for the
+        # factored moments over each tensor's last two dimensions
+        for i, (weights, g) in enumerate(zip(flat.split(self.stack.sizes, dim=1), self.stack.views(grad).values())):
             if self.moments[i] is None:
-                self.moments[i] = moment_state(g, matrix)
-            floor = self.eps1[:, i].reshape(-1, *[1] * len(shape))
-            update = second_moment(g, self.moments[i], one_minus_beta2, floor, matrix)
-            update = update.clamp_(min=floor * floor).rsqrt_().mul_(g).reshape(flat.shape[0], -1)
-            size = update.shape[1]
-            clip = (update.norm(dim=1) / (size ** 0.5 * CLIP_D)).clamp_(min=1.0)
-            alpha = lr[:, i]
-            flat_p = p.reshape(flat.shape[0], -1)
-            if self.kind == "adafactor":   # parameter scaling, from the weights before the decay
-                alpha = alpha * torch.maximum(self.eps2[:, i], flat_p.norm(dim=1) / size ** 0.5)
+                self.moments[i] = moment_state(g, g.dim() > 2)
+            step = members_step(weights, g, self.moments[i], one_minus_beta2, lr[:, i], self.eps1[:, i],
+                                self.eps2[:, i], CLIP_D, self.kind == "adafactor")
             if self.decay:
-                flat_p.mul_((1 - lr[:, i] * self.wd_table[:, i]).unsqueeze(1))
-            flat_p.addcmul_((alpha / clip).unsqueeze(1), update, value=-1.0)
+                weights.mul_((1 - lr[:, i] * self.wd_table[:, i]).unsqueeze(1))
+            weights.sub_(step)
         return flat
-
-    def _slices(self, buffer: torch.Tensor) -> list[torch.Tensor]:
-        """(G, *shape) views of ``buffer``, one per tensor: writing to them writes to the buffer."""
-        return list(self.stack.views(buffer).values())
 
     def adafactor_scale(self, flat: torch.Tensor, eta0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, the ε₁-floor mask), (G, P) each, of every member, as :func:`mupdsl.measure.sharpness.
@@ -173,18 +162,10 @@ class StackedOptimizer:
         ``eta0``: (G, 1)."""
         if self.kind not in ADAFACTORS or any(m is None for m in self.moments):
             raise ValueError("no Adafactor state: take at least one step of an Adafactor group first")
-        G, scales, floors = flat.shape[0], [], []
-        for i, p in enumerate(self._slices(flat)):
-            shape = self.stack.shapes[i]
-            floor = self.eps1[:, i].reshape(-1, *[1] * len(shape))
-            v_hat = estimate(self.moments[i], floor)
-            factor = (self.lr_table[:, i:i + 1] / eta0)
-            if self.kind == "adafactor":
-                rms = p.reshape(G, -1).norm(dim=1, keepdim=True) / p[0].numel() ** 0.5
-                factor = factor * torch.maximum(self.eps2[:, i:i + 1], rms)
-            scales.append(factor * v_hat.clamp(min=floor * floor).rsqrt().reshape(G, -1))
-            floors.append((v_hat <= floor * floor).reshape(G, -1))
-        return torch.cat(scales, dim=1).sqrt(), torch.cat(floors, dim=1)
+        parts = [members_preconditioner(weights, self.moments[i], self.lr_table[:, i] / eta0.squeeze(1),
+                                        self.eps1[:, i], self.eps2[:, i], self.kind == "adafactor")
+                 for i, weights in enumerate(flat.split(self.stack.sizes, dim=1))]
+        return torch.cat([s for s, _ in parts], dim=1).sqrt(), torch.cat([f for _, f in parts], dim=1)
 
     def second_moment(self) -> torch.Tensor:
         """v̂ = v / (1 − β2^t), the bias-corrected second moment (Adam's preconditioner; Adam and AdamW only)."""

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..optim.adafactor import estimate
+from ..optim.adafactor import member_view, members_preconditioner
 from ..optim.families import ADAFACTORS
 from .hutchinson import hutchinson, hutchinson_batched
 from .hvp import Batch, HessianOperator, StackedHessianOperator
@@ -163,8 +163,8 @@ def adam_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float
 def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, float], eta0: float,
                              optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, the ε₁-floor mask v̂ ≤ ε₁², as Adam's :func:`at_floor`), flat in the order of ``names``, for Adafactor
-    (:class:`mupdsl.optim.Adafactor`, or torch's below its cap): its step is lr_p · max(ε₂, RMS(p)) · g / √v̂ with v̂ the factored second moment R Cᵀ / mean(R) of a matrix (the
-    plain one of a vector), so with D = diag(lr_p / η0), S² = D · max(ε₂, RMS(p)) / √max(v̂, ε₁²) and λmax(S H S)
+    (:class:`mupdsl.optim.Adafactor`, or torch's below its cap): its step is lr_p · max(ε₂, RMS(p)) · g / √v̂ with v̂
+    the factored second moment R Cᵀ / mean(R) of a matrix (the plain one of a vector), so with D = diag(lr_p / η0), S² = D · max(ε₂, RMS(p)) / √max(v̂, ε₁²) and λmax(S H S)
     is compared with 2/η0 (no momentum). The update-norm clipping (d) is left out: the linearised step. A group with
     ``scale_parameter=False`` (``adafactor_unscaled``) has no RMS(p) factor: S² = D / √max(v̂, ε₁²), Adam's without
     momentum."""
@@ -177,11 +177,12 @@ def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, 
         if group is None or not state or "eps" not in group:
             raise ValueError(f"no Adafactor state for {name}: take at least one optimizer step before measuring")
         eps1, eps2 = group["eps"]
-        floor = torch.finfo(p.dtype).eps if eps1 is None else eps1
-        v_hat = estimate(state, floor)
-        scale = max(eps2, p.detach().norm(2).item() / p.numel() ** 0.5) if group.get("scale_parameter", True) else 1.0
-        parts.append((lrs[name] / eta0 * scale / v_hat.clamp(min=floor * floor).sqrt()).reshape(-1))
-        floors.append(at_floor(v_hat, floor).reshape(-1))
+        ratio, eps1, eps2 = (torch.tensor([value], device=p.device, dtype=p.dtype) for value in
+                             (lrs[name] / eta0, torch.finfo(p.dtype).eps if eps1 is None else eps1, eps2))
+        scale, floor = members_preconditioner(p.detach().reshape(1, -1), member_view(state), ratio, eps1, eps2,
+                                              group.get("scale_parameter", True))
+        parts.append(scale.reshape(-1))
+        floors.append(floor.reshape(-1))
     return torch.cat(parts).sqrt(), torch.cat(floors)
 
 

@@ -31,7 +31,7 @@ CLIP_D = 1.0
 def second_moment(grad: torch.Tensor, state: dict, one_minus_beta2: float, floor: float | torch.Tensor,
                   matrix: bool) -> torch.Tensor:
     """v̂ after folding ``grad`` into ``state`` (torch's single-tensor algorithm): for a matrix the row and column
-    means of g² over the last two dimensions (``row_var``, ``col_var``) and v̂ = R Cᵀ / max(mean(R), ε₁); for a
+    means of g² over the last two dimensions (``row_var``, ``col_var``) and v̂ = R Cᵀ / max(mean(R), ε₁²); for a
     vector the full moment (``variance``). Leading dimensions are batch dimensions (a group's members); ``floor``
     (ε₁) is a number or broadcasts against them."""
     if not matrix:
@@ -65,6 +65,44 @@ def moment_state(grad: torch.Tensor, matrix: bool) -> dict[str, torch.Tensor]:
     return {"variance": torch.zeros_like(grad)}
 
 
+def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(M,) values shaped to broadcast against ``like``'s (M, …)."""
+    return values.reshape(-1, *[1] * (like.dim() - 1))
+
+
+def members_step(weights: torch.Tensor, grad: torch.Tensor, state: dict, one_minus_beta2: float,
+                 lr: torch.Tensor, eps1: torch.Tensor, eps2: torch.Tensor, d: float,
+                 scale_parameter: bool) -> torch.Tensor:
+    """The step to subtract from M members' weights (flattened, (M, size)), members along the leading axis:
+    ``weights`` (M, size) before the decay, ``grad`` (M, *shape), ``state`` their moments, ``lr``, ``eps1``, ``eps2``
+    (M,). lr · [max(ε₂, RMS(p))] · u / max(1, RMS(u)/d) with u = g / √max(v̂, ε₁²) (module docstring): the class
+    takes it with M = 1, a vmapped group (:mod:`mupdsl.compile.stacked`) with its members."""
+    floor = _per_member(eps1, grad)
+    update = second_moment(grad, state, one_minus_beta2, floor, grad.dim() > 2)
+    update = update.clamp_(min=floor * floor).rsqrt_().mul_(grad).reshape(weights.shape)
+    size = weights.shape[1]
+    clip = (update.norm(dim=1) / (size ** 0.5 * d)).clamp_(min=1.0)
+    alpha = lr / clip
+    if scale_parameter:   # parameter scaling, from the weights before the decay
+        alpha = alpha * torch.maximum(eps2, weights.norm(dim=1) / size ** 0.5)
+    return update.mul_(alpha.unsqueeze(1))
+
+
+def members_preconditioner(weights: torch.Tensor, state: dict, ratio: torch.Tensor, eps1: torch.Tensor,
+                           eps2: torch.Tensor, scale_parameter: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S², the ε₁-floor mask v̂ ≤ ε₁²), (M, size) each, of M members' tensor (``weights`` (M, size), ``state``
+    their moments, ``ratio`` = lr_p / η0, ``eps1``, ``eps2`` (M,)): S² = ratio · [max(ε₂, RMS(p))] / √max(v̂, ε₁²),
+    the linearised step without its clipping (:func:`mupdsl.measure.sharpness.adafactor_preconditioner`)."""
+    row = state.get("row_var", state.get("variance"))
+    floor = _per_member(eps1, row)
+    v_hat = estimate(state, floor)
+    factor = ratio
+    if scale_parameter:
+        factor = factor * torch.maximum(eps2, weights.norm(dim=1) / weights.shape[1] ** 0.5)
+    scale = factor.unsqueeze(1) * v_hat.clamp(min=floor * floor).rsqrt().reshape(weights.shape)
+    return scale, (v_hat <= floor * floor).reshape(weights.shape)
+
+
 class Adafactor(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-2, beta2_decay: float = BETA2_DECAY,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = CLIP_D, weight_decay: float = 0.0,
@@ -96,15 +134,17 @@ class Adafactor(torch.optim.Optimizer):
                     state.update(moment_state(grad, grad.dim() > 1))
                 state["step"] += 1
                 t = float(state["step"])
-                floor = torch.finfo(p.dtype).eps if eps1 is None else eps1
-                one_minus_beta2 = t ** group["beta2_decay"]
-                alpha = lr                                                      # ρ_t = lr
-                if group.get("scale_parameter", True):     # a state saved before the option scales
-                    alpha *= max(eps2, p.norm(2).item() / p.numel() ** 0.5)
+                settings = [torch.tensor([value], device=p.device, dtype=p.dtype) for value in
+                            (lr, torch.finfo(p.dtype).eps if eps1 is None else eps1, eps2)]
+                step = members_step(p.detach().reshape(1, -1), grad.unsqueeze(0), member_view(state),
+                                    t ** group["beta2_decay"], *settings, d,
+                                    group.get("scale_parameter", True))   # a state saved before the option scales
                 if decay:
                     p.mul_(1 - lr * decay)
-                estimate = second_moment(grad, state, one_minus_beta2, floor, grad.dim() > 1)
-                update = estimate.clamp_(min=floor * floor).rsqrt_().mul_(grad)
-                clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * d))
-                p.add_(update, alpha=-alpha / clip)
+                p.sub_(step.reshape(p.shape))      # ρ_t = lr
         return loss
+
+
+def member_view(state: dict) -> dict[str, torch.Tensor]:
+    """One tensor's moments as those of a single member (a leading axis of 1; views, so updates land in ``state``)."""
+    return {key: state[key].unsqueeze(0) for key in ("row_var", "col_var", "variance") if key in state}
