@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from mupdsl.cli import main
 from mupdsl.sweep import load_experiment, plan_trials, sweep_document
-from mupdsl.sweep.analysis import REL_TOL, phase, transfer, transfer_verdict, wider_verdict
+from mupdsl.sweep.analysis import REL_TOL, phase, shift_spread, transfer, transfer_verdict, wider_verdict
+from mupdsl.sweep.report import transfer_section
 from mupdsl.sweep.keys import gate_keys
 from mupdsl.sweep.store import Store
 
@@ -102,6 +103,47 @@ def test_a_shift_of_more_than_one_step_fails():
     a = transfer(records([16, 64, 256], lambda w: 2.0 ** -7 * (w / 16) ** 0.5))["a"]   # 2 grid steps
     assert a["bracketed"] and a["shift"] == pytest.approx(2.0, abs=1e-6)
     assert a["transfer"] == "FAIL" and "2.00 grid steps" in a["transfer_reason"]
+
+
+def seeded(optimum, widths=(16, 64, 256), seeds=(0, 1)):
+    """Trials whose loss is a parabola in log η with its minimum at ``optimum(width, seed)``."""
+    return [{"spec": "a", "width": w, "lr": lr, "seed": s, "gamma": None, "status": "done",
+             "final_loss": (math.log(lr) - math.log(optimum(w, s))) ** 2}
+            for w in widths for lr in LRS for s in seeds]
+
+
+def test_seeds_that_agree_keep_the_verdict_and_report_their_spread():
+    a = transfer(records([16, 64, 256], lambda w: 2.0 ** -4 * (w / 16) ** 0.2, seeds=(0, 1, 2), noise=0.01))["a"]
+    assert a["shift_spread"] == pytest.approx((0.8, 0.8), abs=1e-6)   # a seed's offset does not move η*
+    assert a["transfer"] == "PASS" and "over seed resamples 0.80–0.80" in a["transfer_reason"]
+    one = transfer(records([16, 64, 256], lambda w: 2.0 ** -7 * (w / 16) ** 0.5))["a"]
+    assert one["shift_spread"] is None and "resamples" not in one["transfer_reason"]
+
+
+def test_a_shift_that_seed_noise_puts_on_both_sides_of_one_step_is_undecided():
+    # At width 256 seed 0's η* is 0.6 grid steps above the narrower widths' and seed 1's 1.5: the mean curve's
+    # vertex is 1.05 steps up, a FAIL on the point estimate. Resampling two seeds gives seed 0 twice (a quarter
+    # of the resamples: 0.6), one of each (a half: 1.05) or seed 1 twice (a quarter: 1.5), so the 5th and 95th
+    # percentiles are 0.6 and 1.5 exactly.
+    trials = seeded(lambda w, s: 2.0 ** -4 * (2.0 ** (0.6 if s == 0 else 1.5) if w == 256 else 1.0))
+    a = transfer(trials)["a"]
+    assert a["shift"] == pytest.approx(1.05, abs=1e-6)
+    assert a["shift_spread"] == pytest.approx((0.6, 1.5), abs=1e-6)
+    assert a["transfer"] == "UNDECIDED" and "add seeds" in a["transfer_reason"]
+    assert "0.60–1.50 over seeds" in "\n".join(transfer_section({"a": a}))
+    # the same spread on one side of the bound decides
+    far = transfer(seeded(lambda w, s: 2.0 ** -5 * (2.0 ** (1.6 if s == 0 else 2.5) if w == 256 else 1.0)))["a"]
+    assert far["shift_spread"] == pytest.approx((1.6, 2.5), abs=1e-6) and far["transfer"] == "FAIL"
+    near = transfer(seeded(lambda w, s: 2.0 ** -4 * (2.0 ** (0.1 if s == 0 else 0.9) if w == 256 else 1.0)))["a"]
+    assert near["shift_spread"] == pytest.approx((0.1, 0.9), abs=1e-6) and near["transfer"] == "PASS"
+
+
+def test_a_size_with_one_complete_seed_has_no_spread():
+    trials = seeded(lambda w, s: 2.0 ** -4)
+    trials = [t for t in trials if not (t["width"] == 64 and t["seed"] == 1 and t["lr"] == LRS[3])]  # crashed
+    assert transfer(trials)["a"]["shift_spread"] is None
+    curves = {16: {0: {0.1: 1.0, 0.2: 0.5, 0.4: 1.0}}, 64: {0: {0.1: 1.0, 0.2: 0.5, 0.4: 1.0}}}
+    assert shift_spread(curves, math.log(2)) is None
 
 
 def test_wider_is_better_fails_when_the_best_loss_grows_with_width():

@@ -3,7 +3,8 @@
 
 - **transfer** — PASS when η* moves at most one grid step across the sizes, FAIL when it moves more; UNDECIDED
   (with the reason) unless there are at least ``MIN_SIZES`` sizes, every size has an η* (some trial converged)
-  and every η* is bracketed inside the grid (:func:`bracketed`). See :func:`transfer_verdict`.
+  and every η* is bracketed inside the grid (:func:`bracketed`), and — with several seeds — unless resampling
+  the seeds keeps the shift on one side of the bound (:func:`shift_spread`). See :func:`transfer_verdict`.
 - **wider is better** — the best loss over the grid does not get worse with size beyond noise (TP5; under NTP
   η* can stay while feature learning fades with width). See :func:`wider_verdict`.
 
@@ -27,6 +28,10 @@ REL_TOL = 0.02
 """With one seed, "wider is better" tolerates a wider size's best loss up to 2 % above a narrower one's."""
 NOISE_SIGMAS = 2.0
 """With several seeds, it tolerates this many standard errors of the difference of the two means."""
+RESAMPLES = 500
+"""Seed resamples behind :func:`shift_spread`."""
+SPREAD_PERCENTILES = (5.0, 95.0)
+"""The shift's spread over seed resamples: the central 90 %."""
 
 
 def eta_star(lrs: list[float], losses: list[float]) -> float:
@@ -85,14 +90,50 @@ def shift_of(stars: dict[Any, float | None], step: float) -> float | None:
     return (max(logs) - min(logs)) / step if len(logs) > 1 else None
 
 
+def shift_spread(curves: dict[Any, dict[Any, dict[float, float]]], step: float,
+                 resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
+    """How far seed noise alone moves the shift of η*: its ``SPREAD_PERCENTILES`` over resamples that draw, at
+    every size independently, as many seeds as it has, with replacement — each seed's whole loss-vs-η curve —
+    and take η* of the mean curves as :func:`transfer` does (a percentile bootstrap over seeds, Efron &
+    Tibshirani 1993, ch. 13; the generator is seeded, so a report is reproducible). With k seeds it sees only
+    the spread among them, about √((k−1)/k) of the true one: a floor on the noise, not a bound.
+
+    ``curves[size][seed][lr]`` is a seed's final loss (+inf where it diverged). None unless every size has at
+    least two seeds with a loss at each of the size's rates (a crashed trial leaves its seed out there)."""
+    matrices = []
+    for per_seed in curves.values():
+        lrs = sorted({lr for c in per_seed.values() for lr in c})
+        rows = [[c[lr] for lr in lrs] for c in per_seed.values() if all(lr in c for lr in lrs)]
+        if len(rows) < 2:
+            return None
+        matrices.append((lrs, np.asarray(rows, dtype=float)))
+    rng = np.random.default_rng(seed)
+    shifts = []
+    for _ in range(resamples):
+        stars = {}
+        for i, (lrs, m) in enumerate(matrices):
+            mean = m[rng.integers(0, len(m), len(m))].mean(axis=0)
+            stars[i] = eta_star(lrs, mean.tolist()) if np.isfinite(mean).any() else None
+        shift = shift_of(stars, step)
+        if shift is not None:
+            shifts.append(shift)
+    if not shifts:
+        return None
+    lo, hi = np.percentile(shifts, SPREAD_PERCENTILES)
+    return float(lo), float(hi)
+
+
 def transfer_verdict(stars: dict[Any, float | None], inside: dict[Any, bool], step: float,
-                     failed: dict[Any, str] | None = None, size: str = "width") -> tuple[str, str]:
+                     failed: dict[Any, str] | None = None, size: str = "width",
+                     spread: tuple[float, float] | None = None) -> tuple[str, str]:
     """The transfer verdict and its reason.
 
     UNDECIDED when fewer than ``MIN_SIZES`` sizes were swept, when a size has no η* (every trial diverged or
     crashed: ``failed`` gives why, else "no η*"), or when an η* is not bracketed (``inside`` false: the grid
     minimum is its first or last rate) — the reasons are joined. Otherwise PASS when the shift of η*
-    (:func:`shift_of`) is at most ``MAX_SHIFT`` grid steps, FAIL when it is more."""
+    (:func:`shift_of`) is at most ``MAX_SHIFT`` grid steps, FAIL when it is more — unless the shift's
+    ``spread`` over seed resamples (:func:`shift_spread`) lies on both sides of ``MAX_SHIFT``: then seed noise
+    decides between the two, and the verdict is UNDECIDED. The reason gives the spread where there is one."""
     failed = failed or {}
     reasons = []
     missing = [w for w, v in stars.items() if v is None or not math.isfinite(v)]
@@ -112,9 +153,17 @@ def transfer_verdict(stars: dict[Any, float | None], inside: dict[Any, bool], st
         return "UNDECIDED", "; ".join(reasons)
     if shift is None:   # unreachable with MIN_SIZES ≥ 2 sizes that all have an η*
         return "UNDECIDED", "fewer than two η*"
+    moves = f"η* moves {shift:.2f} grid steps across {len(stars)} {size}s"
+    lo, hi = SPREAD_PERCENTILES
+    seeds = "" if spread is None else \
+        f"; over seed resamples {spread[0]:.2f}–{spread[1]:.2f} ({lo:g}th–{hi:g}th percentile)"
+    if spread is not None and spread[0] <= MAX_SHIFT + 1e-9 < spread[1]:
+        return "UNDECIDED", (f"{moves}{seeds}, on both sides of {MAX_SHIFT:g}: seed noise decides between PASS "
+                             "and FAIL; add seeds")
     if shift <= MAX_SHIFT + 1e-9:
-        return "PASS", f"η* moves {shift:.2f} grid steps across {len(stars)} {size}s (at most {MAX_SHIFT:g})"
-    return "FAIL", f"η* moves {shift:.2f} grid steps across {len(stars)} {size}s (more than {MAX_SHIFT:g})"
+        return "PASS", f"{moves} (at most {MAX_SHIFT:g}){seeds}"
+    return "FAIL", f"{moves} (more than {MAX_SHIFT:g}){seeds}"
+
 
 
 def noise(a: list[float], b: list[float]) -> float:
@@ -160,9 +209,12 @@ def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dic
     """Per spec (trials of a γ sweep excluded: see :func:`phase`): η* per size from the mean final loss over
     seeds (a diverged trial counts +inf, a crashed one is left out; None where no trial converged, with the
     reason in ``failed``), whether each η* is bracketed, the best rate and loss per size, the shift in grid steps
-    (None with fewer than two η*), the two verdicts with their reasons, and the trial counts per size."""
+    (None with fewer than two η*) and its spread over seed resamples (``shift_spread``: None with one seed), the
+    two verdicts with their reasons, and the trial counts per size."""
     by_spec: dict[str, dict[Any, dict[float, list[float]]]] = \
         defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    by_seed: dict[str, dict[Any, dict[Any, dict[float, float]]]] = \
+        defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     statuses: dict[str, dict[Any, list[str]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
         if t.get("gamma") is not None:
@@ -172,6 +224,7 @@ def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dic
             continue
         finite = t["status"] == "done" and t["final_loss"] is not None and math.isfinite(t["final_loss"])
         by_spec[t["spec"]][t[size]][t["lr"]].append(t["final_loss"] if finite else math.inf)
+        by_seed[t["spec"]][t[size]][t.get("seed")][t["lr"]] = t["final_loss"] if finite else math.inf
     out = {}
     for spec, per_size in sorted(statuses.items()):
         stars, curves, inside, best, best_lr, failed, counts = {}, {}, {}, {}, {}, {}, {}
@@ -195,10 +248,13 @@ def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dic
             k = int(np.argmin(losses))
             best_lr[width], best[width] = lrs[k], [float(v) for v in per_lr[lrs[k]]]
         step = grid_step(all_lrs)
-        verdict, reason = transfer_verdict(stars, inside, step, failed, size)
+        seeded = {w: c for w, c in by_seed[spec].items() if w in stars}
+        spread = shift_spread(seeded, step) if not failed and None not in \
+            {k for c in seeded.values() for k in c} else None
+        verdict, reason = transfer_verdict(stars, inside, step, failed, size, spread)
         wider, wider_reason = wider_verdict(best, failed, size)
         out[spec] = {"eta_star": stars, "bracketed": all(inside.values()) if inside else False, "inside": inside,
-                     "shift": shift_of(stars, step), "grid_step": step, "transfer": verdict,
+                     "shift": shift_of(stars, step), "shift_spread": spread, "grid_step": step, "transfer": verdict,
                      "transfer_reason": reason, "wider_is_better": wider, "wider_is_better_reason": wider_reason,
                      "best_lr": best_lr, "best_loss": {w: float(np.mean(v)) if v else None for w, v in best.items()},
                      "failed": failed, "counts": counts, "losses": curves}

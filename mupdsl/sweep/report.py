@@ -100,13 +100,15 @@ def transfer_section(analysis: dict[str, dict], size: str = "width") -> list[str
     if not analysis:
         return lines + ["No transfer analysis: every trial of this sweep sets γ (see the phase portrait).", ""]
     lines += [f"Transfer needs at least {MIN_SIZES} {size}s, each with η* inside the grid; PASS when η* moves at "
-              "most one grid step. Wider is better: the best loss does not grow with "
-              f"{size} beyond noise.", "",
+              "most one grid step, UNDECIDED when resampling the seeds puts the shift on both sides of one step. "
+              f"Wider is better: the best loss does not grow with {size} beyond noise.", "",
               f"| spec | η* per {size} | shift (grid steps) | transfer | wider is better |", "|---|---|---|---|---|"]
     for spec, a in sorted(analysis.items()):
         stars = ", ".join(f"{w}: {v:.3g}" + ("" if a["inside"][w] else " (edge)") if v is not None
                           else f"{w}: — ({a['failed'].get(w, 'no η*')})" for w, v in sorted(a["eta_star"].items()))
         shift = "—" if a["shift"] is None else f"{a['shift']:.2f}"
+        if a.get("shift_spread"):
+            shift += " ({:.2f}–{:.2f} over seeds)".format(*a["shift_spread"])
         lines.append(f"| {spec} | {stars} | {shift} | {a['transfer']}: {a['transfer_reason']} | "
                      f"{a['wider_is_better']}: {a['wider_is_better_reason']} |")
     return lines + [""]
