@@ -69,6 +69,31 @@ def test_adafactor_and_muon_do_not_inherit_adam():
     assert explain(load_spec("mup"), "muon").roles["output"].optimizer == "adamw"
 
 
+@pytest.mark.parametrize("preset", ["mean_field", "umup"])
+@pytest.mark.parametrize("optimizer,role", [("adafactor", "input"), ("muon", "hidden")])
+def test_rates_written_in_the_common_part_are_not_read_by_adafactor_or_muon(preset, optimizer, role):
+    # mean_field and umup write their rates outside any section, for SGD and Adam: under Adafactor's scaled step
+    # and Muon's orthogonalised one they would be another parametrization, so no rule decides lr
+    from mupdsl.spec.resolve import tensor_rule   # noqa: PLC0415
+
+    with pytest.raises(SpecError, match=r"no rule decides lr .*optimizer " + optimizer) as err:
+        tensor_rule(load_spec(preset), optimizer, None, role)
+    assert "does not read lr from the common part" in err.value.hint
+    assert tensor_rule(load_spec(preset), "adam", None, role).lr is not None
+
+
+def test_adafactor_reads_its_epsilon_from_its_own_section_only(tmp_path):
+    from mupdsl.spec.resolve import tensor_rule   # noqa: PLC0415
+
+    common = _load(tmp_path, "extends sp\ndefault { eps = 1e-3 }\nadafactor { default { lr = eta0 } }\n")
+    assert tensor_rule(common, "adafactor", None, "hidden").eps is None      # Adam's ε is not Adafactor's ε₁
+    assert tensor_rule(common, "adafactor_unscaled", None, "hidden").eps is not None   # reads Adam's rules
+    own = _load(tmp_path, "extends sp\nadafactor { default { lr = eta0; eps = 1e-30 } }\n", "own.param")
+    assert tensor_rule(own, "adafactor", None, "hidden").eps is not None
+    fallback = _load(tmp_path, "extends mup_muon\ndefault { lr = eta0 }\n", "fb.param")
+    assert tensor_rule(fallback, "muon", None, "output").lr is not None    # Muon's fallback reads the common part
+
+
 def test_muon_owners_and_fallback(tmp_path):
     spec = _load(tmp_path, 'extends mup_muon\nmuon {\n  fallback = adam\n  "head.weight" { muon = false }\n'
                            '  embedding { muon = true }\n}\n')

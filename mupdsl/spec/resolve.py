@@ -21,7 +21,7 @@ from typing import Mapping
 from .errors import SourcePos, SpecError
 from .expr import Monomial, to_monomial
 from .limits import exponent_from_float
-from .model import NETWORK_KEYS, REQUIRED_TENSOR_KEYS, TENSOR_KEYS, Expr, Init, Rule, Setting, Spec
+from .model import NETWORK_KEYS, OWN_SECTION_ONLY, REQUIRED_TENSOR_KEYS, TENSOR_KEYS, Expr, Init, Rule, Setting, Spec
 
 SECTION_RANK = {
     "sgd": {"all": 0, "sgd": 1},
@@ -242,7 +242,10 @@ def _winning(spec: Spec, optimizer: str, name: TensorNames, role: str, residual:
         if rule.section not in SECTION_RANK[optimizer] or not rule_matches(rule, name, role, residual):
             continue
         rank = _rank(rule, optimizer)
+        skipped = OWN_SECTION_ONLY.get(optimizer, ()) if rule.section == "all" else ()
         for key, setting in rule.settings.items():
+            if key in skipped:
+                continue
             if key not in best or rank > best[key][0]:
                 best[key] = (rank, setting)
     return {key: setting for key, (_, setting) in best.items()}
@@ -339,6 +342,16 @@ class TensorRule:
     settings: Mapping[str, Setting]
 
 
+def _where(optimizer: str, sections: list[str], missing: list[str]) -> str:
+    """Where the missing settings may be written, for the error's hint."""
+    own = [k for k in missing if k in OWN_SECTION_ONLY.get(optimizer, ())]
+    if own:
+        return (f" in section {' / '.join(sections)}: {optimizer} does not read {', '.join(own)} from the common "
+                "part, whose rates are written for steps that do not scale with the weights (see "
+                f"'mupdsl explain mup_{optimizer} --optimizer {optimizer}')")
+    return f" (in the common part or in section {' / '.join(sections)})" if optimizer not in ("sgd", "adam") else ""
+
+
 def tensor_rule(spec: Spec, optimizer: str, name: TensorNames, role: str, net: Network | None = None,
                 residual: bool = False) -> TensorRule:
     """Resolve and fold the rule of one tensor; raises SpecError naming the tensor if a required key is missing."""
@@ -354,8 +367,7 @@ def tensor_rule(spec: Spec, optimizer: str, name: TensorNames, role: str, net: N
             + (f", trained by its fallback {by}" if by != optimizer else "") + ")",
             SourcePos(spec.path, 0, 0),
             hint=f"add a rule for role '{role}' or a 'default {{ … }}' rule that sets {', '.join(missing)}"
-                 + (f" (in the common part or in section {' / '.join(sections)})" if optimizer not in ("sgd", "adam")
-                    else ""),
+                 + _where(by, sections, missing),
         )
     net = net or network(spec, optimizer)
     lookup = _lookup(spec, {"gamma": net.gamma, "alpha": Monomial.const(float(net.alpha))})
