@@ -99,10 +99,23 @@ def test_sign_and_lion_plans_build_mupdsl_classes_and_take_no_eps():
 
 
 def test_a_class_of_another_family_is_refused_for_a_folded_plan():
-    compiled = compile_model("mup", MLP, width=128, base_width=64, optimizer="lion")
+    compiled = compile_model("mup", MLP, width=128, base_width=64, optimizer="adamw")
     with pytest.raises(CompileError, match="sgd-like"):
         compiled.optimizer(torch.optim.SGD)
-    assert type(compiled.optimizer(SignSGD)) is SignSGD   # same family, decay decoupled as Lion's
+    assert type(compiled.optimizer(torch.optim.AdamW)) is torch.optim.AdamW
+
+
+@pytest.mark.parametrize("optimizer,cls", [("signsgd", Lion), ("lion", SignSGD), ("signsgd", torch.optim.AdamW),
+                                           ("lion", torch.optim.Adam), ("adamw", Lion), ("adam", SignSGD)])
+def test_a_sign_based_plan_or_class_goes_only_with_its_own_optimizer(optimizer, cls):
+    """They fold alike, but a signsgd plan holds the signsgd section's rates and no ε: Lion would train it at
+    SignSGD's rates, AdamW with its default ε on every tensor (neither scaled with width nor folded)."""
+    compiled = compile_model("mup", MLP, width=128, base_width=64, optimizer=optimizer)
+    with pytest.raises(CompileError, match=rf"{cls.__name__}: the plan was compiled for {optimizer}"):
+        compiled.optimizer(cls)
+    own = {"signsgd": SignSGD, "lion": Lion}.get(optimizer)
+    if own is not None:
+        assert type(compiled.optimizer(own)) is own
 
 
 def test_adafactor_compiles_and_trains_on_a_torch_without_it(monkeypatch):

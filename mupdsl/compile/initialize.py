@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..optim import Combined, Lion, Muon, SignSGD, adafactor_class, muon_class, torch_muon_groups
-from ..optim.families import ADAFACTOR_EPS2, ADAFACTORS, CLASS_FAMILY, DECOUPLED_DECAY, FAMILY
+from ..optim.families import ADAFACTOR_EPS2, ADAFACTORS, CLASS_FAMILY, DECOUPLED_DECAY, FAMILY, SIGN_CLASSES
 from .errors import CompileError
 from .plan import Plan, TensorPlan
 
@@ -208,6 +208,15 @@ def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None 
         raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}; Muon orthogonalises matrices "
                            "and has rules of its own", hint="compile with --optimizer muon (a muon section decides "
                                                              "which tensors it owns)")
+    runs = SIGN_CLASSES.get(cls.__name__)
+    if (runs or optimizer in SIGN_CLASSES.values()) and runs != optimizer:
+        raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}"
+                           + (f" and {cls.__name__} runs {runs}" if runs else "")
+                           + "; a sign-based plan and class go together only with their own optimizer (their rates "
+                           "are that section's rules, and a sign has no ε for the plan to carry)",
+                           hint=f"compile with --optimizer {runs}" if runs else
+                           f"pass mupdsl.optim.{'SignSGD' if optimizer == 'signsgd' else 'Lion'} (compiled.optimizer() "
+                           "without cls), or compile with --optimizer for the class you train with")
     if family == "adafactor" and optimizer == "adafactor_unscaled":
         if "scale_parameter" not in inspect.signature(cls.__init__).parameters:
             raise CompileError(f"{cls.__module__}.{cls.__name__} always scales its step by RMS(p); the plan is for "

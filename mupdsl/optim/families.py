@@ -44,6 +44,12 @@ CLASS_FAMILY = {
 }
 """``torch.optim`` (and ``mupdsl.optim``) classes by family, for checking a class against a plan."""
 
+SIGN_CLASSES = {"SignSGD": "signsgd", "Lion": "lion"}
+"""Sign-based classes and the one spec optimizer each runs. They fold as Adam does, but a plan for one takes only
+its own class, and their classes take no other plan: the rates are that section's rules (Lion's are typically
+several times smaller than Adam's), and a sign has no ε for the plan to carry (Adam would run with its default
+ε, neither scaled with width nor divided by a folded multiplier)."""
+
 
 @dataclass(frozen=True)
 class Folded:
@@ -81,5 +87,6 @@ def adafactor_class() -> type[torch.optim.Optimizer]:
     return Adafactor
 
 
-__all__ = ["ADAFACTORS", "ADAFACTOR_EPS2", "CLASS_FAMILY", "DECOUPLED_DECAY", "FAMILY", "Folded", "adafactor_class",
+__all__ = ["ADAFACTORS", "ADAFACTOR_EPS2", "CLASS_FAMILY", "DECOUPLED_DECAY", "FAMILY", "Folded", "SIGN_CLASSES",
+           "adafactor_class",
            "fold_settings"]
