@@ -304,3 +304,19 @@ def test_combined_survives_deepcopy_and_pickle():
         for p in params:
             p.grad = torch.ones_like(p)
         copied.step()   # steps its own copies of the parameters
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lion", "muon"])
+def test_parameters_added_or_removed_after_compile_are_named_not_left_untrained(optimizer):
+    spec = PRESET[optimizer]
+    compiled = compile_model(spec, MLP, width=128, base_width=64, optimizer=optimizer)
+    compiled.model.adapter = torch.nn.Linear(4, 4)            # added after compile: the plan has no rule for it
+    for build in (compiled.optimizer, compiled.verify):
+        with pytest.raises(CompileError, match=r"does not cover: 'adapter.weight', 'adapter.bias'"):
+            build()
+    compiled.model.adapter.requires_grad_(False)              # frozen: nothing to train, nothing to refuse
+    assert "adapter.weight" not in {n for g in compiled.optimizer().param_groups for n in g.get("names", [])}
+    del compiled.model.adapter
+    compiled.model.readout.bias = None                        # removed after compile
+    with pytest.raises(CompileError, match=r"names 'readout.bias', which the model no longer has"):
+        compiled.optimizer()

@@ -17,7 +17,7 @@ from .graph import copy_graph_module, record_values
 from .init_record import preserved_rng
 from .saving import save as save_checkpoint
 from .init_record import InitReplay
-from .initialize import initialize, optimizer_for, param_groups
+from .initialize import check_coverage, initialize, optimizer_for, param_groups
 from .plan import Plan, plan_differences
 from .rewrite import reference_graph
 from .trace import Traced, trace
@@ -99,6 +99,7 @@ class CompiledModel:
         inputs = inputs if inputs is not None else self.example_inputs
         if inputs is None:
             raise CompileError("no inputs to verify the compiled model on", hint="pass example inputs")
+        check_coverage(self.model, self.plan)
         params = dict(self.model.named_parameters())
         if self.replan is not None:   # planned from two blocks of a stack: plan it in full now, and compare
             with hooks.suspended(self.model):

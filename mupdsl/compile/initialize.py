@@ -157,12 +157,42 @@ def _restore_buffers(model: nn.Module) -> list[str]:
             + (f" and {len(left) - 6} more" if len(left) > 6 else "") + "; set them, or build the model on the CPU"]
 
 
+def check_coverage(model: nn.Module, plan: Plan) -> None:
+    """Refuse a model whose parameters are no longer the plan's: a tensor the plan names that the model lacks
+    (deleted or renamed since it was compiled), or a trainable parameter the plan does not cover (added since):
+    the optimizer would fail on the first, and would silently never train the second. Frozen parameters
+    (``requires_grad`` false) outside the plan are left alone."""
+    missing = [t.name for t in plan.tensors if not _has_parameter(model, t.name)]
+    planned = {id(model.get_parameter(t.name)) for t in plan.tensors if t.name not in missing}
+    added = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in planned]
+    if missing:
+        raise CompileError(f"the plan names {_listed(missing)}, which the model no longer has",
+                           hint="compile again after changing the model (mupdsl.compile.apply)")
+    if added:
+        raise CompileError(f"the model has trainable parameters the plan does not cover: {_listed(added)}; the "
+                           "optimizer would never train them", hint="compile again after adding them (their rules "
+                           "come from the spec), or freeze them (requires_grad_(False)) if they are not to be trained")
+
+
+def _has_parameter(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    return ", ".join(f"'{n}'" for n in names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:
     """Optimizer parameter groups with the plan's carried lr, weight decay and ε; tensors with equal settings
     share a group (``names`` lists them). Parameters are looked up by name on ``model`` now, so groups built after
     ``fully_shard`` hold its sharded parameters. Under Muon each group also says which optimizer trains it
     (``optimizer``: ``muon`` or the fallback); Adafactor's ``eps`` is its pair (ε₁, ε₂) with ε₂ folded, and its
     ``scale_parameter`` says whether the step is scaled by RMS(p) (``adafactor``) or not (``adafactor_unscaled``)."""
+    check_coverage(model, plan)
     groups: dict[tuple, dict[str, Any]] = {}
     for t in plan.tensors:
         c = t.carried
@@ -361,4 +391,4 @@ def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwa
     return Combined(parts)
 
 
-__all__ = ["initialize", "optimizer_for", "param_groups", "tensor_seed", "TensorPlan"]
+__all__ = ["check_coverage", "initialize", "optimizer_for", "param_groups", "tensor_seed", "TensorPlan"]
