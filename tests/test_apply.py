@@ -42,6 +42,25 @@ def test_apply_changes_the_users_model_in_place_and_equals_compile_model():
     assert compiled.plan.checks["carried"].startswith("verified")
 
 
+def test_a_builder_base_is_built_for_real_and_plans_a_third_party_model_as_compile_model_does():
+    """timm's ConvNeXt draws its weights in a named_apply after construction, which no init call on meta
+    records: a builder base is built for real at the base width, so apply() reads those stds as compile_model
+    does (it used to ask for the builder it had been given)."""
+    pytest.importorskip("timm")
+    from pathlib import Path   # noqa: PLC0415
+    from mupdsl.compile.factory import load_factory   # noqa: PLC0415
+
+    source = f"{Path(__file__).parent / 'zoo' / 'timm_convnext.py'}"
+    factory = load_factory(source)
+    torch.manual_seed(0)
+    model = factory.build(32, 2)
+    compiled = apply("mup", model, base=factory.builder, width=32, base_width=16, depth=2, base_depth=2,
+                     example_inputs=factory.example_batch(2)[0], optimizer="lion")
+    reference = compile_model("mup", source, width=32, base_width=16, depth=2, base_depth=2, optimizer="lion")
+    assert not plan_differences(reference.plan, compiled.plan.model_copy(update={"model": reference.plan.model}))
+    assert compiled.plan.tensor("stem.0.weight").lr == reference.plan.tensor("stem.0.weight").lr
+
+
 def test_an_init_in_init_is_read_from_the_values_and_a_base_instance_cannot_tell_its_base_std():
     """The reference GPT draws its tables N(0, 0.02²) in __init__, not in reset_parameters: the values say so (the
     sample std is used, and named); the base width's std of a `base` rule then needs a builder."""

@@ -102,7 +102,7 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
 
     ``base``: the model at the base width (best built on ``meta``), or a builder ``base(width)`` /
     ``base(width, depth)`` (then ``width`` and ``base_width`` are required, and the base is built for real at the
-    base width to read its init exactly). When ``model`` is itself at the base width, ``delta`` is a model at
+    base width to read its init exactly; for a model on meta, its init calls are recorded on meta instead). When ``model`` is itself at the base width, ``delta`` is a model at
     another width, as in mup. ``example_inputs`` (a tensor or a tuple of positional inputs) size the attention
     and let the compile verify itself; without them the plan says it is unverified. ``init=False`` keeps the
     current weights (to load a checkpoint into them); ``redraw_defaults`` re-runs the modules' own init for
@@ -126,8 +126,12 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
             _, base_own = record_build(lambda: builder.build(base_width, base_depth))
             _, base_here = record_build(lambda: builder.build(base_width, depth))
             _, built_own = record_build(lambda: builder.build(width, depth))
-        base_stds = by_pattern({n: o.std_of if o is not None else None for n, o in base_own.items()}, names,
-                               {n: o.std_of if o is not None else None for n, o in base_here.items()})
+        if meta_model:   # the record of the init calls is all a meta model can be compared with
+            base_stds = by_pattern({n: o.std_of if o is not None else None for n, o in base_own.items()}, names,
+                                   {n: o.std_of if o is not None else None for n, o in base_here.items()})
+        else:            # built for real at the base width, as compile_model does: an init no call records is read
+            base_stds = by_pattern(_base_stds(builder, base_width, base_depth, seed), names,
+                                   _base_stds(builder, base_width, depth, seed) if base_depth != depth else None)
     else:
         base_model = base
         if not isinstance(base_model, nn.Module):
