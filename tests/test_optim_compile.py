@@ -320,3 +320,15 @@ def test_parameters_added_or_removed_after_compile_are_named_not_left_untrained(
     compiled.model.readout.bias = None                        # removed after compile
     with pytest.raises(CompileError, match=r"names 'readout.bias', which the model no longer has"):
         compiled.optimizer()
+
+
+@pytest.mark.parametrize("optimizer,kwargs,match", [
+    ("lion", {"maximize": True}, r"Lion takes no maximize(?s:.*)it takes betas"),
+    ("signsgd", {"nesterov": True}, r"SignSGD takes no nesterov(?s:.*)it takes momentum"),
+    ("muon", {"fallback_kwargs": {"bogus": 1}}, r"AdamW takes no bogus"),
+    ("muon", {"momentum": 1.0}, r"needs μ in \[0, 1\)"),          # torch's Muon would take it and never move
+])
+def test_a_keyword_the_class_cannot_take_is_a_clear_error(optimizer, kwargs, match):
+    compiled = compile_model(PRESET[optimizer], MLP, width=128, base_width=64, optimizer=optimizer)
+    with pytest.raises(CompileError, match=match):
+        compiled.optimizer(**kwargs)

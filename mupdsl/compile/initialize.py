@@ -276,7 +276,13 @@ def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None 
 
 def _build(cls: type, groups: list[dict[str, Any]], **kwargs) -> torch.optim.Optimizer:
     """``cls`` over ``groups``, keeping only the keys its constructor takes (ε for SGD is left out)."""
-    accepted = set(inspect.signature(cls.__init__).parameters)
+    signature = inspect.signature(cls.__init__).parameters
+    accepted = set(signature)
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        takes = [k for k in signature if k not in ("self", "params", "lr", "weight_decay", "eps", "scale_parameter")]
+        raise CompileError(f"{cls.__module__}.{cls.__name__} takes no {', '.join(unknown)}",
+                           hint=f"it takes {', '.join(takes) or 'no other settings'}")
     groups = [{k: v for k, v in g.items() if k in ("params", "names", "lr") or k in accepted} for g in groups]
     _check_kwargs(cls, groups, kwargs)
     if "lr" not in accepted:
@@ -363,6 +369,10 @@ def _without_shape_factor(cls: type, kwargs: dict) -> dict:
 
 
 def _muon_optimizer(model: nn.Module, plan: Plan, cls: type | None, fallback_kwargs: dict, kwargs: dict) -> Combined:
+    if not 0 <= kwargs.get("momentum", 0) < 1:
+        raise CompileError(f"Muon(momentum={kwargs['momentum']!r}): Muon's buffer B ← μB + (1 − μ)G needs μ in "
+                           "[0, 1); at 1 it never takes a gradient and Muon's tensors do not train",
+                           hint="0.95 is torch's and Keller Jordan's default")
     groups = param_groups(model, plan)
     owned = [g for g in groups if g["optimizer"] == "muon"]
     rest = [g for g in groups if g["optimizer"] != "muon"]
