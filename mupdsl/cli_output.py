@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from .cli_input import out
@@ -139,17 +140,17 @@ def print_coordcheck(result) -> None:
             s = index.get((key, step, quantity))
             text = "—" if s is None else f"{s['slope']:+.2f}"
             cells.append(f"[bold red]{text}[/]" if (key, step, quantity) in failing else text)
-        table.add_row(key, *cells)
+        table.add_row(escape(key), *cells)   # "readout [input part]" is a name, not rich markup
     out().print(table)
     out().print("  slopes of log(RMS) against log(width): t=0 the activation, t≥1 its change since init")
     for report in result.reports:
-        out().print(f"  note: {report}")
+        out().print(f"  note: {escape(report)}")
     if result.verdict == "PASS":
         out().print(f"[bold green]PASS[/]: every entry's update is width-independent (|slope| ≤ {result.tolerance:g})")
         return
     out().print(f"[bold red]FAIL[/]: {len(result.failures)} width-dependent entries")
     for f in result.failures[:20]:
-        out().print(f"  {f['key']} at t={f['step']}: {f['why']} (slope {f['slope']:+.2f}, {f['symptom']})")
+        out().print(f"  {escape(f['key'])} at t={f['step']}: {f['why']} (slope {f['slope']:+.2f}, {f['symptom']})")
 
 
 __all__ = ["equivalent_presets", "explanation_json", "fmt_num", "print_coordcheck", "print_explanation", "print_plan"]

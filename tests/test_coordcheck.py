@@ -142,6 +142,66 @@ def test_a_readout_that_vanishes_only_through_its_input_is_reported_not_failed()
     assert [f["key"] for f in judge(other, 0.25, 3)[0]] == ["output"]   # an output that is not the readout's
 
 
+def test_a_layers_own_update_that_vanishes_behind_its_input_is_reported():
+    """A hidden layer's change since init carries its input's: when that is Θ(1), the layer's own update
+    (W_t − W₀)x can vanish with width unseen. It is reported at the last step, naming the layer, unless the change
+    itself already failed there; a lag at t = 1 and a flattening tail are not. Reported, not failed: µP's own
+    updates on third-party models at the test widths reach slopes of −0.46 (docs/coordcheck.md)."""
+    def s(key, slope, step=3, tail=None):
+        return {"key": key, "step": step, "quantity": "delta_rms", "slope": slope,
+                "tail_slope": slope if tail is None else tail, "stderr": 0.0, "diverged": False}
+    fails, reports = judge([s("h", -0.05), s("h [own update]", -0.5)], 0.25, 3)
+    assert fails == [] and [r for r in reports if r.startswith("h t=3: its own update")]
+    fails, reports = judge([s("h", -0.5), s("h [own update]", -0.5)], 0.25, 3)
+    assert [f["key"] for f in fails] == ["h"] and not any("own update" in r for r in reports)
+    for quiet in ([s("h", 0.0), s("h [own update]", -0.5, step=1), s("h [own update]", 0.0)],
+                  [s("h", 0.0), s("h [own update]", -0.4, tail=-0.1)], [s("h", 0.0), s("h [own update]", +0.5)]):
+        assert judge(quiet, 0.25, 3) == ([], [])
+
+
+def test_a_hidden_rate_with_the_wrong_exponent_is_named_though_the_activations_hide_it(tmp_path):
+    """Muon's hidden rate times fan_in_mult^(−½): the hidden layers' changes stay flat (the Adam-trained input
+    layer changes by Θ(1) and carries them), so only their own updates show it (slope ≈ −½), and the check names
+    them; with µP's rate it names none."""
+    slow = tmp_path / "slow.param"
+    slow.write_text("extends mup_muon\nmuon {\n  default { lr = eta0 * muon0 * (fan_out / fan_in)^(1/2) * "
+                    "fan_in_mult^(-1/2) }\n}\n")
+    kw = dict(widths=(64, 128, 256, 512), seeds=2, optimizer="muon", extend=0)
+    result = coordcheck(str(slow), "mupdsl.models.mlp", **kw)
+    named = {r.split(" t=")[0] for r in result.reports if "its own update" in r}
+    assert named == {"hidden.0", "hidden.1"}
+    own = [x for x in result.slopes if x["key"].endswith("[own update]") and x["step"] == result.steps]
+    assert all(x["slope"] < -0.4 for x in own if x["key"].startswith("hidden"))
+    right = coordcheck("mup_muon", "mupdsl.models.mlp", **kw)
+    assert right.verdict == "PASS" and not any("its own update" in r for r in right.reports)
+
+
+def test_a_layers_own_update_is_its_weights_change_times_its_input():
+    from mupdsl.compile import compile_model
+    from mupdsl.measure.taps import OWN_UPDATE, ModuleTaps, tap_points
+
+    compiled = compile_model("mup", "mupdsl.models.mlp", width=64, base_width=32, optimizer="adam")
+    taps = ModuleTaps(compiled.model, tap_points(compiled))
+    x, y = coord._batch(coord.load_factory("mupdsl.models.mlp"), "example", 16)
+    layer = compiled.model.get_submodule("hidden.1")
+    w0 = layer.weight.detach().clone()
+    inputs = []
+    hook = layer.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    opt = compiled.optimizer()
+    taps.start()
+    out, first = taps.run(compiled.model, *x)
+    assert torch.count_nonzero(first["hidden.1" + OWN_UPDATE]) == 0 and "hidden.1 [input part]" not in first
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(out, y).backward()
+    opt.step()
+    _, now = taps.run(compiled.model, *x)
+    expected = torch.nn.functional.linear(inputs[-1], layer.weight.detach() - w0)   # no bias: Θ(1) whatever the rule
+    assert torch.allclose(now["hidden.1" + OWN_UPDATE], expected, atol=1e-6 * expected.abs().max().item())
+    assert expected.abs().max() > 0
+    hook.remove()
+    taps.remove()
+
+
 def test_the_two_parts_of_a_readouts_change_add_up_to_it():
     from mupdsl.compile import compile_model
     from mupdsl.measure.taps import INPUT_PART, WEIGHT_PART, ModuleTaps, tap_points

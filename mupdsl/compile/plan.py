@@ -156,6 +156,8 @@ class AttentionPlan(BaseModel):
     """``scale / own_scale``: what the query is multiplied by."""
     module: str = ""
     carried_by: str = ""
+    operands: list[str] = []
+    """The graph nodes the query's and the key's paths start from (the projections' outputs)."""
 
 
 class Plan(BaseModel):
@@ -296,7 +298,8 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
         attention.append(AttentionPlan(node=site.node, kind=site.kind, d_head=site.d_head,
                                        base_d_head=site.base_d_head, own_scale=site.own_scale,
                                        base_own_scale=site.base_own_scale, scale=scale,
-                                       factor=scale / site.own_scale, module=module_of(site.site.node)))
+                                       factor=scale / site.own_scale, module=module_of(site.site.node),
+                                       operands=list(dict.fromkeys([site.site.q.source.name, site.site.k.source.name]))))
     network_plan = NetworkPlan(
         gamma=_value(net.gamma, net_sizes, "gamma", "the network"), tau=_value(net.tau, net_sizes, "tau", "the network"),
         alpha=float(net.alpha), branch=_value(net.branch, net_sizes, "branch", "the network"),

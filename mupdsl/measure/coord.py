@@ -33,7 +33,7 @@ from ..compile.stacked import FlatStack
 from ..spec import Spec, apply_overrides, load_spec
 from ..train import ModuleReplica, Schedule, StackedReplicas, train
 from ..train.losses import logits_of
-from .taps import INPUT_PART, WEIGHT_PART, ModuleTaps, is_part, tap_points
+from .taps import INPUT_PART, OWN_UPDATE, WEIGHT_PART, ModuleTaps, is_part, tap_points
 
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.005, "adamw": 0.005, "signsgd": 0.005, "lion": 0.005, "adafactor": 0.05,
               "adafactor_unscaled": 0.005,
@@ -369,11 +369,36 @@ def judge(slopes: list[dict[str, Any]], tolerance: float, steps: int) -> tuple[l
             failures.append({**s, "symptom": "vanish", "why": "update vanishes with width"})
         elif quantity == "delta_rms" and significant:
             lagging.add(s["key"])
+    reports += _hidden_vanishing_updates(slopes, failures, tolerance, steps)
     caught_up = sorted(lagging - {f["key"] for f in failures})
     if caught_up:
         reports.append("updates that vanish with width at first but not by the last step (µP's lag, e.g. "
                        f"attention queries/keys, whose gradient needs a step of correlation): {', '.join(caught_up)}")
     return _excuse_readout_transients(failures, reports, parts, tolerance)
+
+
+def _hidden_vanishing_updates(slopes: list[dict], failures: list[dict], tolerance: float, steps: int
+                              ) -> list[str]:
+    """Reports of the layers whose own update ``(W_t − W₀)x_t`` (:data:`~mupdsl.measure.taps.OWN_UPDATE`) still
+    vanishes with width at the last step while their change since init does not fail: the change is their
+    input's, carried through. A learning-rate exponent too small for the layer looks like this, and so do µP's
+    own updates on third-party models at small widths (slopes down to −0.46 over the zoo's test widths,
+    docs/coordcheck.md), so it is reported, not failed."""
+    failed = {(f["key"], f["step"]) for f in failures}
+    out = []
+    for s in slopes:
+        if not s["key"].endswith(OWN_UPDATE) or s["quantity"] != "delta_rms" or s["step"] != steps:
+            continue
+        if s["diverged"] or s["slope"] >= 0 or not _significant(s, tolerance):
+            continue
+        layer = s["key"][:-len(OWN_UPDATE)]
+        if (layer, steps) in failed:
+            continue
+        out.append(f"{layer} t={steps}: its own update (W_t − W₀)·x vanishes with width (slope {s['slope']:+.2f}, "
+                   f"{s['tail_slope']:+.2f} over the widest three) while its change since init does not: the change "
+                   "is its input's, carried through. A learning-rate exponent too small for this layer looks like "
+                   "this; so do µP's own updates at small widths on some models: check the layer's rule")
+    return out
 
 
 def _excuse_readout_transients(failures: list[dict], reports: list[str], parts: dict, tolerance: float

@@ -10,7 +10,11 @@ two parts of its change since step 0: ``y_t − y_0 = W₀(x_t − x_0) + (W_t �
 µP the second, the readout's own update, is Θ(1) and the first Θ(1/√n) (TP5 §5: W₀ has entries Θ(1/n) after the
 multiplier, Δx is Θ(1)), so a readout whose change vanishes at narrow widths only through the first part is µP's
 finite-width transient, not a wrong plan; :func:`~mupdsl.measure.coord.judge` says which. Recorded as
-``KEY [input part]`` and ``KEY [weight part]`` (zero at step 0), in one-at-a-time runs (not under vmap).
+``KEY [input part]`` and ``KEY [weight part]`` (zero at step 0), in one-at-a-time runs (not under vmap). Every
+other tapped ``nn.Linear`` records its weight's own update ``(W_t − W₀)x_t`` (bias left out) as
+``KEY [own update]``: its change since step 0 also carries its input's, which can hide an own update that vanishes
+with width (a hidden layer trained at a rate of the wrong exponent behind an input layer that changes by Θ(1));
+:func:`~mupdsl.measure.coord.judge` names such a layer in a report.
 Hooks record into a dictionary the caller returns from the function it runs — so recording also works inside
 ``torch.func.vmap`` (the seeds of a width as one batched model).
 """
@@ -37,11 +41,14 @@ MATRIX_ROLES = ("input", "hidden", "output", "embedding")
 
 INPUT_PART, WEIGHT_PART = " [input part]", " [weight part]"
 """Suffixes of the two parts of a readout's change (the module docstring)."""
+OWN_UPDATE = " [own update]"
+"""Suffix of another ``nn.Linear``'s own update (the module docstring)."""
 
 
 def is_part(key: str) -> bool:
-    """Whether ``key`` is one of the two parts of a readout's change, not a value of the model."""
-    return key.endswith(INPUT_PART) or key.endswith(WEIGHT_PART)
+    """Whether ``key`` is a part of a layer's change (a readout's two parts, another layer's own update), not a
+    value of the model."""
+    return key.endswith(INPUT_PART) or key.endswith(WEIGHT_PART) or key.endswith(OWN_UPDATE)
 
 
 def writes_in_place(node: fx.Node, root: nn.Module | None = None) -> bool:
@@ -73,6 +80,10 @@ class TapPoints:
     model's forward): recorded as themselves, by name."""
     readouts: set[str] = field(default_factory=set)
     """Tapped modules whose op is the readout of the prediction (their change is split in two parts)."""
+    correlating: set[str] = field(default_factory=set)
+    """Attention's query and key projections: their own update is not recorded. Under µP it is o(1) while the
+    queries and keys are uncorrelated, as at init (TP5, Yang et al. 2022, zero-initialises the query for this), and
+    their change since init is judged with µP's lag instead."""
 
 
 def tap_points(compiled: CompiledModel) -> TapPoints:
@@ -115,12 +126,18 @@ def tap_points(compiled: CompiledModel) -> TapPoints:
         if found is not None and found[0] in points:
             factor, features = scales.get(found[0], (1.0, None))
             scales[found[0]] = (factor * scale.factor, scale.features or features)
+    correlating = set()
+    for attention in plan.attention:
+        for name in attention.operands:
+            found = module_returning(gm.graph, nodes[name]) if name in nodes else None
+            if found is not None:
+                correlating.add(found[0])
     readouts = set()
     for name in plan.readouts:
         found = module_returning(gm.graph, nodes[name]) if name in nodes else None
         if found is not None and found[0] in points and found[1] is nodes[name]:
             readouts.add(found[0])
-    return TapPoints(points, copied, scales, params, readouts)
+    return TapPoints(points, copied, scales, params, readouts, correlating)
 
 
 def _divisor(value: torch.Tensor, factor: float, features: list[int] | None):
@@ -151,39 +168,48 @@ class ModuleTaps:
         self.values: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
         self.split_readouts = True
-        """Split each readout's change in two parts (:meth:`start` before each run from init; off under vmap,
-        where the step-0 tensors could not be kept across calls)."""
+        """Split each readout's change in two parts, and record the other layers' own updates (:meth:`start`
+        before each run from init; off under vmap, where the step-0 tensors could not be kept across calls)."""
         self.first: dict[str, tuple[torch.Tensor, ...]] = {}
         self.handles = []
         for path, key in points.names.items():
             module = model.get_submodule(path) if path else model
-            split = path in points.readouts and isinstance(module, nn.Linear)
-            hook = self._hook(key, path in points.copied, points.scales.get(path), split)
+            split = isinstance(module, nn.Linear) and (path in points.readouts or path not in points.correlating)
+            hook = self._hook(key, path in points.copied, points.scales.get(path), split, path in points.readouts)
             self.handles.append(module.register_forward_hook(hook))
 
     def start(self) -> None:
         """A training run starts from init: the next call of each readout is its step 0."""
         self.first = {}
 
-    def _split(self, key: str, module: nn.Linear, x: torch.Tensor, value: torch.Tensor) -> None:
-        """Record the two parts of the readout's change (module docstring). ``value`` is what was recorded: the
-        module's output times a constant (the multipliers carried on it, the structural factor divided out) —
-        read at step 0 and applied to both parts, so that they add up to the recorded change."""
+    def _split(self, key: str, module: nn.Linear, x: torch.Tensor, value: torch.Tensor, readout: bool) -> None:
+        """Record the two parts of a readout's change, or another layer's own update (module docstring).
+        ``value`` is what was recorded: the module's output times a constant (the multipliers carried on it, the
+        structural factor divided out) — read at step 0 and applied to the parts, so that a readout's two add up
+        to the recorded change."""
         weight = module.weight.detach()
         bias = None if module.bias is None else module.bias.detach()
         if key not in self.first:
             raw = nn.functional.linear(x, weight, bias)
             factor = (value * raw).sum() / (raw * raw).sum().clamp_min(torch.finfo(raw.dtype).tiny)
-            self.first[key] = (x.clone(), weight.clone(), None if bias is None else bias.clone(), factor)
+            self.first[key] = (x.clone() if readout else None, weight.clone(),
+                               None if bias is None else bias.clone(), factor)
             zero = torch.zeros_like(value)
-            self.values[key + INPUT_PART], self.values[key + WEIGHT_PART] = zero, zero
+            if readout:
+                self.values[key + INPUT_PART], self.values[key + WEIGHT_PART] = zero, zero
+            else:
+                self.values[key + OWN_UPDATE] = zero
             return
         x0, w0, b0, factor = self.first[key]
-        self.values[key + INPUT_PART] = factor * nn.functional.linear(x - x0, w0)
-        moved = nn.functional.linear(x, weight - w0, None if bias is None else bias - b0)
-        self.values[key + WEIGHT_PART] = factor * moved
+        if readout:
+            self.values[key + INPUT_PART] = factor * nn.functional.linear(x - x0, w0)
+            self.values[key + WEIGHT_PART] = factor * nn.functional.linear(x, weight - w0,
+                                                                            None if bias is None else bias - b0)
+        else:   # the weight's alone: a bias's update is width-independent whatever the rule, and would mask it
+            self.values[key + OWN_UPDATE] = factor * nn.functional.linear(x, weight - w0)
 
-    def _hook(self, key: str, copy: bool, scale: tuple[float, list[int] | None] | None, split: bool = False):
+    def _hook(self, key: str, copy: bool, scale: tuple[float, list[int] | None] | None, split: bool = False,
+              readout: bool = False):
         def record(module: nn.Module, args: tuple, output: Any) -> None:
             try:
                 value = logits_of(output)
@@ -201,7 +227,7 @@ class ModuleTaps:
             self.values[key if n == 1 else f"{key}@{n}"] = value
             if split and self.split_readouts and n == 1 and args and isinstance(args[0], torch.Tensor):
                 with torch.no_grad():
-                    self._split(key, module, args[0].detach(), value)
+                    self._split(key, module, args[0].detach(), value, readout)
         return record
 
     def run(self, fn: Callable[..., Any], *inputs, params: dict[str, torch.Tensor] | None = None
@@ -222,4 +248,4 @@ class ModuleTaps:
         self.handles = []
 
 
-__all__ = ["INPUT_PART", "MATRIX_ROLES", "WEIGHT_PART", "ModuleTaps", "is_part", "TapPoints", "module_of", "tap_points", "writes_in_place"]
+__all__ = ["INPUT_PART", "MATRIX_ROLES", "OWN_UPDATE", "WEIGHT_PART", "ModuleTaps", "is_part", "TapPoints", "module_of", "tap_points", "writes_in_place"]
