@@ -92,6 +92,12 @@ def test_adafactor_reads_its_epsilon_from_its_own_section_only(tmp_path):
     assert tensor_rule(own, "adafactor", None, "hidden").eps is not None
     fallback = _load(tmp_path, "extends mup_muon\ndefault { lr = eta0 }\n", "fb.param")
     assert tensor_rule(fallback, "muon", None, "output").lr is not None    # Muon's fallback reads the common part
+    # a glob in the common part names its tensors on purpose: it still decides under adafactor and muon
+    named = _load(tmp_path, 'extends mup_muon\n"hidden.*.weight" { lr = 1e-9 }\n', "glob.param")
+    assert tensor_rule(named, "muon", "hidden.0.weight", "hidden").lr.coef == pytest.approx(1e-9)
+    named = _load(tmp_path, 'extends mup_adafactor\n"readout.weight" { lr = 1e-9; eps = 1e-20 }\n', "glob2.param")
+    rule = tensor_rule(named, "adafactor", "readout.weight", "output")
+    assert rule.lr.coef == pytest.approx(1e-9) and rule.eps.coef == pytest.approx(1e-20)
 
 
 def test_muon_owners_and_fallback(tmp_path):

@@ -33,12 +33,14 @@ that sets ``eps`` is an error. An ``eps`` in the common part or in ``adam``'s se
 ignores it."""
 
 OWN_SECTION_ONLY = {"adafactor": ("lr", "eps"), "muon": ("lr",)}
-"""Settings these optimizers read from their own section only, never from the common part: a common ``lr`` is
+"""Settings these optimizers do not take from the common part's role and ``default`` rules: those rates are
 written for the steps whose scale does not depend on the weights' (SGD's, Adam's and those that read Adam's
 rules), while Adafactor scales its step by RMS(p) (c_Adafactor = c_Adam − b, Everett et al. 2024) and Muon's
 orthogonalised step has spectral norm Θ(1) (hidden c = 0 where Adam's is 1). Adafactor's ε₁ floors g², not
 Adam's √v̂. A preset that writes its rates in the common part (``mean_field``, ``umup``) is therefore an error
-under them ("no rule decides lr"), not a silently wrong run. Muon's fallback reads the common part as usual."""
+under them ("no rule decides lr"), not a silently wrong run. A common-part rule with a name glob still applies:
+it names its tensors on purpose. Muon's fallback resolves as that optimizer does (an ``adafactor`` fallback
+does not read the common part's rates either)."""
 
 MUON_FALLBACKS = ("adam", "adamw", "sgd", "signsgd", "lion", "adafactor", "adafactor_unscaled")
 """Optimizers that may train the tensors Muon does not own (``fallback = …`` in a ``muon`` section)."""

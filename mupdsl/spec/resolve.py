@@ -242,7 +242,8 @@ def _winning(spec: Spec, optimizer: str, name: TensorNames, role: str, residual:
         if rule.section not in SECTION_RANK[optimizer] or not rule_matches(rule, name, role, residual):
             continue
         rank = _rank(rule, optimizer)
-        skipped = OWN_SECTION_ONLY.get(optimizer, ()) if rule.section == "all" else ()
+        # a glob names tensors on purpose; a role or default rule of the common part is a rate for other steps
+        skipped = OWN_SECTION_ONLY.get(optimizer, ()) if rule.section == "all" and rule.selector.glob is None else ()
         for key, setting in rule.settings.items():
             if key in skipped:
                 continue
