@@ -138,12 +138,50 @@ def test_a_shift_that_seed_noise_puts_on_both_sides_of_one_step_is_undecided():
     assert near["shift_spread"] == pytest.approx((0.1, 0.9), abs=1e-6) and near["transfer"] == "PASS"
 
 
-def test_a_size_with_one_complete_seed_has_no_spread():
-    trials = seeded(lambda w, s: 2.0 ** -4)
-    trials = [t for t in trials if not (t["width"] == 64 and t["seed"] == 1 and t["lr"] == LRS[3])]  # crashed
-    assert transfer(trials)["a"]["shift_spread"] is None
-    curves = {16: {0: {0.1: 1.0, 0.2: 0.5, 0.4: 1.0}}, 64: {0: {0.1: 1.0, 0.2: 0.5, 0.4: 1.0}}}
-    assert shift_spread(curves, math.log(2)) is None
+def test_a_crashed_trial_leaves_only_itself_out_of_the_resamples():
+    """As in the point estimate: the crashed seed keeps its other rates. A seed far off at width 256 keeps the
+    verdict UNDECIDED whether or not one of its trials, far from the optimum, crashed."""
+    def trials(crash):
+        out = []
+        for t in seeded(lambda w, s: 2.0 ** -5 * 2.0 ** ((0.0, 0.1, 1.6 if w == 256 else 0.0)[s]), seeds=(0, 1, 2)):
+            if crash and (t["width"], t["seed"], t["lr"]) == (256, 2, LRS[0]):
+                t = {**t, "status": "crashed", "final_loss": None}
+            out.append(t)
+        return out
+    clean, crashed = transfer(trials(False))["a"], transfer(trials(True))["a"]
+    assert crashed["shift"] == pytest.approx(clean["shift"])
+    assert crashed["shift_spread"] == pytest.approx(clean["shift_spread"])
+    assert clean["transfer"] == crashed["transfer"] == "UNDECIDED"
+    one = {16: {0: {0.1: 1.0, 0.2: 0.5, 0.4: 1.0}}, 64: {0: {0.1: 1.0, 0.2: 0.5, 0.4: 1.0}}}
+    assert shift_spread(one, math.log(2)) is None                       # one run per size: no spread
+
+
+def test_the_estimate_and_its_spread_must_agree_on_a_side_of_one_step():
+    inside, step = {16: True, 64: True, 256: True}, math.log(2)
+    flat, moving = {16: 0.1, 64: 0.1, 256: 0.1}, {16: 0.1, 64: 0.1, 256: 0.1 * 2 ** 1.5}
+    assert transfer_verdict(flat, inside, step, spread=(1.05, 2.1))[0] == "UNDECIDED"   # resamples all above
+    assert transfer_verdict(flat, inside, step, spread=(0.0, 0.4))[0] == "PASS"
+    assert transfer_verdict(moving, inside, step, spread=(0.9, 2.0))[0] == "UNDECIDED"
+    assert transfer_verdict(moving, inside, step, spread=(1.2, 2.0))[0] == "FAIL"
+
+
+def test_seeds_are_resampled_in_pairs_across_widths_when_every_width_has_them():
+    """A seed sees the same batches at every width, so a seed's offset common to all widths is not noise in the
+    shift: paired resamples keep it out. Widths with different seeds are drawn independently."""
+    common = seeded(lambda w, s: 2.0 ** -5 * 2.0 ** (0.8 if s else -0.8))
+    a = transfer(common)["a"]
+    assert a["shift"] == pytest.approx(0.0, abs=1e-6) and a["shift_spread"] == pytest.approx((0.0, 0.0), abs=1e-6)
+    apart = [t if t["width"] != 256 else {**t, "seed": t["seed"] + 10} for t in common]
+    a = transfer(apart)["a"]
+    assert a["shift_spread"][1] > 1.0 and a["transfer"] == "UNDECIDED"
+
+
+def test_a_width_sweep_over_two_depths_resamples_each_depths_runs_in_any_order():
+    trials = [{**t, "depth": d, "final_loss": t["final_loss"] + 0.1 * d}
+              for d in (2, 4) for t in seeded(lambda w, s: 2.0 ** -5 * 2.0 ** (0.5 * s * (w == 256)))]
+    forward, backward = transfer(trials)["a"], transfer(trials[::-1])["a"]
+    assert forward["shift_spread"] == pytest.approx(backward["shift_spread"])
+    assert forward["shift"] == pytest.approx(backward["shift"])
 
 
 def test_wider_is_better_fails_when_the_best_loss_grows_with_width():

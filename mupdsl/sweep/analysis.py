@@ -92,28 +92,32 @@ def shift_of(stars: dict[Any, float | None], step: float) -> float | None:
 
 def shift_spread(curves: dict[Any, dict[Any, dict[float, float]]], step: float,
                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
-    """How far seed noise alone moves the shift of η*: its ``SPREAD_PERCENTILES`` over resamples that draw, at
-    every size independently, as many seeds as it has, with replacement — each seed's whole loss-vs-η curve —
-    and take η* of the mean curves as :func:`transfer` does (a percentile bootstrap over seeds, Efron &
-    Tibshirani 1993, ch. 13; the generator is seeded, so a report is reproducible). With k seeds it sees only
-    the spread among them, about √((k−1)/k) of the true one: a floor on the noise, not a bound.
-
-    ``curves[size][seed][lr]`` is a seed's final loss (+inf where it diverged). None unless every size has at
-    least two seeds with a loss at each of the size's rates (a crashed trial leaves its seed out there)."""
-    matrices = []
-    for per_seed in curves.values():
-        lrs = sorted({lr for c in per_seed.values() for lr in c})
-        rows = [[c[lr] for lr in lrs] for c in per_seed.values() if all(lr in c for lr in lrs)]
-        if len(rows) < 2:
+    """How far seed noise alone moves the shift of η*: its ``SPREAD_PERCENTILES`` over resamples of the runs
+    (a percentile bootstrap, Efron & Tibshirani 1993, ch. 13; the generator is seeded, so a report is
+    reproducible). ``curves[size][unit][lr]`` is one run's final loss (+inf where it diverged); a unit is a
+    seed (with the other size, when a sweep pools two). A resample draws as many units as a size has, with
+    replacement, and takes η* of the mean curves as :func:`transfer` does: at each rate the drawn units that have
+    a loss there are averaged (a crashed trial leaves only itself out) and one that diverged makes it +inf. When
+    every size has the same units, one draw serves all sizes — a seed sees the same batches at every size, so
+    its runs are paired — else each size draws its own. With k seeds the resamples see only the spread among
+    them, about √((k−1)/k) of the true one: a floor on the noise, not a bound. None unless every size has at
+    least two units."""
+    tables = []
+    for per_unit in curves.values():
+        units = sorted(per_unit, key=repr)
+        if len(units) < 2:
             return None
-        matrices.append((lrs, np.asarray(rows, dtype=float)))
+        lrs = sorted({lr for c in per_unit.values() for lr in c})
+        tables.append((units, lrs, np.asarray([[per_unit[u].get(lr, np.nan) for lr in lrs] for u in units])))
+    paired = all(units == tables[0][0] for units, _, _ in tables)
     rng = np.random.default_rng(seed)
     shifts = []
     for _ in range(resamples):
+        shared = rng.integers(0, len(tables[0][0]), len(tables[0][0])) if paired else None
         stars = {}
-        for i, (lrs, m) in enumerate(matrices):
-            mean = m[rng.integers(0, len(m), len(m))].mean(axis=0)
-            stars[i] = eta_star(lrs, mean.tolist()) if np.isfinite(mean).any() else None
+        for i, (units, lrs, table) in enumerate(tables):
+            drawn = table[shared if paired else rng.integers(0, len(units), len(units))]
+            stars[i] = _star_of_mean(lrs, drawn)
         shift = shift_of(stars, step)
         if shift is not None:
             shifts.append(shift)
@@ -121,6 +125,20 @@ def shift_spread(curves: dict[Any, dict[Any, dict[float, float]]], step: float,
         return None
     lo, hi = np.percentile(shifts, SPREAD_PERCENTILES)
     return float(lo), float(hi)
+
+
+def _star_of_mean(lrs: list[float], drawn: np.ndarray) -> float | None:
+    """η* of the mean of ``drawn`` runs (rows; NaN where a run has no loss at a rate), as :func:`transfer`
+    averages: a rate no drawn run has is left out, and one that any drawn run diverged at is +inf."""
+    present = ~np.isnan(drawn)
+    count = present.sum(axis=0)
+    values = np.where(present, drawn, 0.0)
+    mean = values.sum(axis=0) / np.maximum(count, 1)
+    mean[np.isinf(values).any(axis=0)] = math.inf
+    keep = count > 0
+    if not np.isfinite(mean[keep]).any():
+        return None
+    return eta_star([lr for lr, k in zip(lrs, keep) if k], mean[keep].tolist())
 
 
 def transfer_verdict(stars: dict[Any, float | None], inside: dict[Any, bool], step: float,
@@ -132,8 +150,9 @@ def transfer_verdict(stars: dict[Any, float | None], inside: dict[Any, bool], st
     crashed: ``failed`` gives why, else "no η*"), or when an η* is not bracketed (``inside`` false: the grid
     minimum is its first or last rate) — the reasons are joined. Otherwise PASS when the shift of η*
     (:func:`shift_of`) is at most ``MAX_SHIFT`` grid steps, FAIL when it is more — unless the shift's
-    ``spread`` over seed resamples (:func:`shift_spread`) lies on both sides of ``MAX_SHIFT``: then seed noise
-    decides between the two, and the verdict is UNDECIDED. The reason gives the spread where there is one."""
+    estimate and both ends of its ``spread`` over seed resamples (:func:`shift_spread`) are not all on one side of
+    ``MAX_SHIFT``: then seed noise decides between the two, and the verdict is UNDECIDED. The reason gives the
+    spread where there is one."""
     failed = failed or {}
     reasons = []
     missing = [w for w, v in stars.items() if v is None or not math.isfinite(v)]
@@ -157,9 +176,10 @@ def transfer_verdict(stars: dict[Any, float | None], inside: dict[Any, bool], st
     lo, hi = SPREAD_PERCENTILES
     seeds = "" if spread is None else \
         f"; over seed resamples {spread[0]:.2f}–{spread[1]:.2f} ({lo:g}th–{hi:g}th percentile)"
-    if spread is not None and spread[0] <= MAX_SHIFT + 1e-9 < spread[1]:
-        return "UNDECIDED", (f"{moves}{seeds}, on both sides of {MAX_SHIFT:g}: seed noise decides between PASS "
-                             "and FAIL; add seeds")
+    sides = {shift <= MAX_SHIFT + 1e-9} | ({v <= MAX_SHIFT + 1e-9 for v in spread} if spread is not None else set())
+    if len(sides) > 1:
+        return "UNDECIDED", (f"{moves}{seeds}: the estimate and the resamples are not all on one side of "
+                             f"{MAX_SHIFT:g}, so seed noise decides between PASS and FAIL; add seeds")
     if shift <= MAX_SHIFT + 1e-9:
         return "PASS", f"{moves} (at most {MAX_SHIFT:g}){seeds}"
     return "FAIL", f"{moves} (more than {MAX_SHIFT:g}){seeds}"
@@ -213,7 +233,7 @@ def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dic
     two verdicts with their reasons, and the trial counts per size."""
     by_spec: dict[str, dict[Any, dict[float, list[float]]]] = \
         defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    by_seed: dict[str, dict[Any, dict[Any, dict[float, float]]]] = \
+    by_unit: dict[str, dict[Any, dict[Any, dict[float, float]]]] = \
         defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     statuses: dict[str, dict[Any, list[str]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
@@ -224,7 +244,8 @@ def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dic
             continue
         finite = t["status"] == "done" and t["final_loss"] is not None and math.isfinite(t["final_loss"])
         by_spec[t["spec"]][t[size]][t["lr"]].append(t["final_loss"] if finite else math.inf)
-        by_seed[t["spec"]][t[size]][t.get("seed")][t["lr"]] = t["final_loss"] if finite else math.inf
+        unit = (t.get("seed"), t.get("depth" if size == "width" else "width"))
+        by_unit[t["spec"]][t[size]][unit][t["lr"]] = t["final_loss"] if finite else math.inf
     out = {}
     for spec, per_size in sorted(statuses.items()):
         stars, curves, inside, best, best_lr, failed, counts = {}, {}, {}, {}, {}, {}, {}
@@ -248,9 +269,9 @@ def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dic
             k = int(np.argmin(losses))
             best_lr[width], best[width] = lrs[k], [float(v) for v in per_lr[lrs[k]]]
         step = grid_step(all_lrs)
-        seeded = {w: c for w, c in by_seed[spec].items() if w in stars}
-        spread = shift_spread(seeded, step) if not failed and None not in \
-            {k for c in seeded.values() for k in c} else None
+        runs = {w: c for w, c in by_unit[spec].items() if w in stars}
+        spread = shift_spread(runs, step) if not failed and all(u[0] is not None for c in runs.values() for u in c) \
+            else None
         verdict, reason = transfer_verdict(stars, inside, step, failed, size, spread)
         wider, wider_reason = wider_verdict(best, failed, size)
         out[spec] = {"eta_star": stars, "bracketed": all(inside.values()) if inside else False, "inside": inside,
