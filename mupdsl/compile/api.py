@@ -102,11 +102,12 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
 
     ``base``: the model at the base width (best built on ``meta``), or a builder ``base(width)`` /
     ``base(width, depth)`` (then ``width`` and ``base_width`` are required, and the base is built for real at the
-    base width to read its init exactly; for a model on meta, its init calls are recorded on meta instead). When ``model`` is itself at the base width, ``delta`` is a model at
-    another width, as in mup. ``example_inputs`` (a tensor or a tuple of positional inputs) size the attention
-    and let the compile verify itself; without them the plan says it is unverified. ``init=False`` keeps the
-    current weights (to load a checkpoint into them); ``redraw_defaults`` re-runs the modules' own init for
-    ``keep``/``base`` tensors (after ``to_empty()``)."""
+    base width to read its init exactly; for a model on meta, its init calls are recorded on meta instead).
+    When ``model`` is itself at the base width, ``delta`` is a model at another width, as in mup.
+    ``example_inputs`` (a tensor or a tuple of positional inputs) size the attention and let the compile verify
+    itself; without them the plan says it is unverified. ``init=False`` keeps the current weights (to load a
+    checkpoint into them); ``redraw_defaults`` re-runs the modules' own init for ``keep``/``base`` tensors (after
+    ``to_empty()``)."""
     _check_optimizer(optimizer)
     if not isinstance(model, nn.Module):
         raise CompileError(f"apply() needs an nn.Module, got {type(model).__name__}")
@@ -168,14 +169,6 @@ def apply(spec: Spec | str, model: nn.Module, *, base: nn.Module | Callable[...,
                          seed=seed, keep_stds=keep, base_stds=base_stds, model_name=type(model).__qualname__,
                          init=init and not meta_model, redraw_defaults=redraw_defaults, verify=verify, notes=notes,
                          own_inits=own_inits)
-
-
-def _has(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_parameter(name)
-        return True
-    except AttributeError:
-        return False
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple]:

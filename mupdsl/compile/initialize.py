@@ -223,6 +223,15 @@ def _default_class(optimizer: str) -> type:
             "lion": Lion, "muon": muon_class()}[optimizer]
 
 
+def sign_optimizer(cls: type) -> str | None:
+    """The sign-based spec optimizer a class runs: ``lion`` or ``signsgd`` for mupdsl's classes and their
+    subclasses, or a class of another package by its name (:data:`SIGN_CLASSES`); None otherwise."""
+    for base, name in ((Lion, "lion"), (SignSGD, "signsgd")):
+        if isinstance(cls, type) and issubclass(cls, base):
+            return name
+    return SIGN_CLASSES.get(cls.__name__)
+
+
 def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None = None) -> None:
     """Refuse a class that would train the plan differently: another optimizer family (the plan's rates are that
     family's rules, and its multipliers are folded into that family's settings), a Muon class for a plan that is
@@ -238,8 +247,10 @@ def _check_family(cls: type, optimizer: str, plan: Plan, names: set[str] | None 
         raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}; Muon orthogonalises matrices "
                            "and has rules of its own", hint="compile with --optimizer muon (a muon section decides "
                                                              "which tensors it owns)")
-    runs = SIGN_CLASSES.get(cls.__name__)
-    if (runs or optimizer in SIGN_CLASSES.values()) and runs != optimizer:
+    runs = sign_optimizer(cls)
+    family = family or ("adam" if runs else None)
+    known = runs is not None or cls.__name__ in CLASS_FAMILY
+    if known and (runs or optimizer in SIGN_CLASSES.values()) and runs != optimizer:
         raise CompileError(f"{cls.__name__}: the plan was compiled for {optimizer}"
                            + (f" and {cls.__name__} runs {runs}" if runs else "")
                            + "; a sign-based plan and class go together only with their own optimizer (their rates "

@@ -299,7 +299,8 @@ def build_plan(spec: Spec, analysis: Analysis, optimizer: str, *, model: str, fr
                                        base_d_head=site.base_d_head, own_scale=site.own_scale,
                                        base_own_scale=site.base_own_scale, scale=scale,
                                        factor=scale / site.own_scale, module=module_of(site.site.node),
-                                       operands=list(dict.fromkeys([site.site.q.source.name, site.site.k.source.name]))))
+                                       operands=list(dict.fromkeys([site.site.q.source.name,
+                                                                    site.site.k.source.name]))))
     network_plan = NetworkPlan(
         gamma=_value(net.gamma, net_sizes, "gamma", "the network"), tau=_value(net.tau, net_sizes, "tau", "the network"),
         alpha=float(net.alpha), branch=_value(net.branch, net_sizes, "branch", "the network"),

@@ -248,4 +248,5 @@ class ModuleTaps:
         self.handles = []
 
 
-__all__ = ["INPUT_PART", "MATRIX_ROLES", "OWN_UPDATE", "WEIGHT_PART", "ModuleTaps", "is_part", "TapPoints", "module_of", "tap_points", "writes_in_place"]
+__all__ = ["INPUT_PART", "MATRIX_ROLES", "OWN_UPDATE", "WEIGHT_PART", "ModuleTaps", "is_part", "TapPoints",
+           "module_of", "tap_points", "writes_in_place"]

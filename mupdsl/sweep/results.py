@@ -76,7 +76,8 @@ def spec_entry(a: dict[str, Any]) -> dict[str, Any]:
     sizes = {w: {"eta_star": a["eta_star"][w], "bracketed": a["inside"][w], "best_lr": a["best_lr"][w],
                  "best_loss": a["best_loss"][w], "reason": a["failed"].get(w), **a["counts"][w]}
              for w in sorted(a["eta_star"])}
-    keys = ("shift", "shift_spread", "grid_step", "transfer", "transfer_reason", "wider_is_better", "wider_is_better_reason")
+    keys = ("shift", "shift_spread", "grid_step", "transfer", "transfer_reason", "wider_is_better",
+            "wider_is_better_reason")
     return plain({"eta_star": a["eta_star"], "sizes": sizes, **{k: a[k] for k in keys}})
 
 
