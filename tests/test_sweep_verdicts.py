@@ -224,6 +224,20 @@ def test_gamma_sweep_reports_slopes_never_a_transfer_verdict():
     assert p["slope_small"] == pytest.approx(2.0, abs=0.3) and p["slope_large"] == pytest.approx(0.5, abs=0.3)
 
 
+def test_a_phase_cell_is_the_mean_over_seeds_and_a_diverged_seed_makes_it_infinite():
+    def t(lr, seed, loss, width=32, status="done"):
+        return {"spec": "richness", "gamma": 1.0, "lr": lr, "seed": seed, "width": width, "depth": None,
+                "status": status, "final_loss": loss if status == "done" else None}
+    for losses in ([1.0, 1.0, 4.0], [4.0, 1.0, 1.0]):           # order does not matter
+        p = phase([t(0.01, s, v) for s, v in enumerate(losses)] + [t(0.1, s, 1.9) for s in range(3)])["richness"]
+        assert p["loss"][0][0] == pytest.approx(2.0)
+    p = phase([t(0.1, 0, None, status="diverged"), t(0.1, 1, 0.5), t(0.01, 0, 1.0), t(0.01, 1, 1.0)])["richness"]
+    assert p["loss"][0].tolist() == [1.0, math.inf]             # as transfer() counts it
+    wide = phase([t(0.01, 0, 1.0), t(0.1, 0, 3.0), t(0.01, 0, 5.0, width=64), t(0.1, 0, 0.5, width=64)])
+    assert wide["richness"]["size"] == {"width": 64, "depth": None} and wide["richness"]["other_sizes"] == 1
+    assert wide["richness"]["loss"][0].tolist() == [5.0, 0.5]   # one size, not the widths pooled
+
+
 def _document(root, trials, ungated, widths=(16, 64, 256)):
     """A store holding ``trials`` (with small curves) and an experiment.json beside it."""
     exp = {"name": "synthetic", "specs": sorted({t["spec"] for t in trials}), "ungated": ungated,

@@ -335,21 +335,31 @@ def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     log η* against log γ over all γ (``slope``), over γ ≤ 1 (``slope_small``: 2 in the lazy regime) and over
     γ ≥ 1 (``slope_large``: 2/L in the ultra-rich one), from the γ whose η* is bracketed inside the grid (an η*
     at the grid's first or last rate is a bound; those γ are listed in ``unbracketed``); None where fewer than two
-    γ qualify. A γ sweep gets these slopes and no transfer verdict."""
+    γ qualify. A γ sweep gets these slopes and no transfer verdict.
+
+    Each cell is the mean final loss over seeds, +inf when any seed diverged there (as :func:`transfer` averages)
+    or when no trial finished. A portrait is one network size: when the sweep has several, it is drawn at the
+    widest (then deepest), named in ``size``, and the others are counted in ``other_sizes``."""
     out = {}
     for spec in sorted({t["spec"] for t in trials if t.get("gamma") is not None}):
         rows = [t for t in trials if t["spec"] == spec and t.get("gamma") is not None and t["status"] != "crashed"]
+        sizes = sorted({(t["width"], t.get("depth") or 0) for t in rows})
+        width, depth = sizes[-1] if sizes else (None, 0)
+        rows = [t for t in rows if (t["width"], t.get("depth") or 0) == (width, depth)]
         gammas, lrs = sorted({t["gamma"] for t in rows}), sorted({t["lr"] for t in rows})
-        grid = np.full((len(gammas), len(lrs)), np.inf)
+        cells: dict[tuple[int, int], list[float]] = defaultdict(list)
         for t in rows:
             value = t["final_loss"] if t["status"] == "done" and t["final_loss"] is not None else np.inf
-            i, j = gammas.index(t["gamma"]), lrs.index(t["lr"])
-            grid[i, j] = value if not np.isfinite(grid[i, j]) else (grid[i, j] + value) / 2
+            cells[gammas.index(t["gamma"]), lrs.index(t["lr"])].append(value)
+        grid = np.full((len(gammas), len(lrs)), np.inf)
+        for (i, j), values in cells.items():
+            grid[i, j] = float(np.mean(values)) if all(np.isfinite(values)) else np.inf
         stars = [eta_star(lrs, list(row)) for row in grid]
         inside = [bracketed(lrs, list(row)) for row in grid]
         # an η* at the grid's edge is only a bound: it stays out of the fits, and the result says which
         ok = [(g, s) for g, s, b in zip(gammas, stars, inside) if math.isfinite(s) and b]
-        out[spec] = {"gammas": gammas, "lrs": lrs, "loss": grid, "eta_star": stars, "bracketed": inside,
+        out[spec] = {"size": {"width": width, "depth": depth or None}, "other_sizes": len(sizes) - 1,
+                     "gammas": gammas, "lrs": lrs, "loss": grid, "eta_star": stars, "bracketed": inside,
                      "unbracketed": [g for g, s, b in zip(gammas, stars, inside) if math.isfinite(s) and not b],
                      "slope": log_slope(ok),
                      "slope_small": log_slope([(g, s) for g, s in ok if g <= 1]),

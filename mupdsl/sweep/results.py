@@ -155,8 +155,9 @@ def sweep_document(out_dir: str | Path, analysis: dict[str, dict[str, Any]] | No
                 entry.update(spec_entry(analysis[spec]))
             if spec in portraits:
                 p = portraits[spec]
-                entry["phase"] = plain({k: p[k] for k in ("gammas", "lrs", "eta_star", "bracketed", "unbracketed",
-                                                          "slope", "slope_small", "slope_large")} | {"loss": p["loss"]})
+                keys = ("size", "other_sizes", "gammas", "lrs", "eta_star", "bracketed", "unbracketed", "slope",
+                        "slope_small", "slope_large")
+                entry["phase"] = plain({k: p[k] for k in keys} | {"loss": p["loss"]})
             if spec in consistent:
                 entry["consistency"] = plain(consistent[spec])
             if sharp.get(spec, (None, None))[1] is not None:
