@@ -100,6 +100,9 @@ def test_preconditioned_sgd_and_adam_forms(kind):
     got = measure(model, batch, scale=S, top_k=2, tol=1e-9).eigenvalues
     assert torch.allclose(torch.tensor(got), exact, rtol=1e-6)
     assert eos_threshold("adam", eta0) == pytest.approx(2 * 1.9 / (0.1 * eta0))
+    # no edge of stability where the tool defines no preconditioned sharpness (it used to fall through to Adam's)
+    assert [eos_threshold(kind, eta0) for kind in ("signsgd", "lion", "muon")] == [None, None, None]
+    assert eos_threshold("adafactor", eta0) == pytest.approx(2 / eta0)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])

@@ -186,11 +186,15 @@ def adafactor_preconditioner(model: nn.Module, names: list[str], lrs: dict[str, 
     return torch.cat(parts).sqrt(), torch.cat(floors)
 
 
-def eos_threshold(kind: str, eta0: float, beta1: float = 0.9) -> float:
-    """2/η0 for SGD and Adafactor (no momentum); 2(1+β1)/((1−β1)η0) for Adam (seed 002 App. J.1)."""
+def eos_threshold(kind: str, eta0: float, beta1: float = 0.9) -> float | None:
+    """2/η0 for SGD and Adafactor (no momentum); 2(1+β1)/((1−β1)η0) for Adam (seed 002 App. J.1); None for the
+    optimizers whose preconditioned sharpness the tool does not define (SignSGD, Lion, Muon), which have no
+    edge of stability to draw either."""
     if kind in ("sgd",) + ADAFACTORS:
         return 2.0 / eta0
-    return 2.0 * (1 + beta1) / ((1 - beta1) * eta0)
+    if kind in ("adam", "adamw"):
+        return 2.0 * (1 + beta1) / ((1 - beta1) * eta0)
+    return None
 
 
 @dataclass

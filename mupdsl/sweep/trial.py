@@ -184,7 +184,9 @@ def train_trials(exp: Experiment, trials: list[dict[str, Any]], data, device: to
         status = log.status(k)
         final_eval = c["eval_loss"][-1] if c["eval_loss"] and status == "done" else float("inf")
         arrays = {key: np.asarray(v, dtype=float) for key, v in c.items()}
-        arrays["eos"] = np.asarray([eos_threshold(exp.optimizer, trial["lr"])])   # at the peak rate
+        eos = eos_threshold(exp.optimizer, trial["lr"])   # at the peak rate; None where sharpness is undefined
+        if eos is not None:
+            arrays["eos"] = np.asarray([eos])
         results.append((status, arrays, log.final_loss(k, exp.steps), final_eval))
     return results
 
