@@ -156,7 +156,7 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
             break
         wider = 2 * widths[-1]
         reports.append(f"width {wider} added: the trend of {_names(doubtful)} was "
-                       + ("marginal over three widths" if failures else "too noisy or flattened at the widest widths")
+                       + (f"marginal over {len(widths)} widths" if failures else "too noisy or flattened at the widest widths")
                        + " to decide on")
         records += run(wider, f" (added: {_names(doubtful, 2)} undecided over widths {widths[0]}–{widths[-1]})")
         widths += (wider,)
@@ -432,11 +432,12 @@ def _excuse_readout_transients(failures: list[dict], reports: list[str], parts: 
 
 
 def marginal(failures: list[dict[str, Any]], tolerance: float, n_widths: int, margin: float = 2.0) -> list[str]:
-    """With three widths no slope over the widest three can tell a trend that persists from one that
+    """With two or three widths no slope over the widest three can tell a trend that persists from one that
     flattens (µP's finite-width transients: BERT, MLP-Mixer, ConvNeXt at widths 64–256 show slopes of −0.27 to −0.34
-    that vanish with a fourth width). Failures that are all within ``margin`` × the tolerance, none diverged, are
-    undecided there: the keys, else []."""
-    if n_widths != 3 or not failures:   # two widths are a smoke test; four have a tail slope
+    that vanish with a fourth width; the reference MLP's first hidden layer at init, +0.29 from width 32 to 64
+    and flat from 64 on). Failures that are all within ``margin`` × the tolerance, none diverged, are undecided
+    there: the keys, else []."""
+    if n_widths not in (2, 3) or not failures:   # four widths have a tail slope
         return []
     if any(f["diverged"] or abs(f["slope"]) > margin * tolerance for f in failures):
         return []
