@@ -120,6 +120,14 @@ def test_sharpness_under_a_family_without_a_preconditioner_is_a_located_error(tm
     assert f"optimizer {optimizer} has no preconditioned sharpness" in info.value.message
 
 
+@pytest.mark.parametrize("extra", ["trace_samples = 4\n", "directional = true\n"])
+def test_measurements_taken_at_sharpness_steps_need_sharpness(tmp_path, extra):
+    """A Hutchinson trace or a directional sharpness is taken at each sharpness measurement: without one (as
+    under SignSGD, which has none) the key would measure nothing, silently."""
+    with pytest.raises(ExperimentError, match=r"is taken at each sharpness measurement"):
+        experiment(tmp_path, "signsgd", extra=extra)
+
+
 def test_a_spec_without_rules_for_the_optimizer_is_named_in_the_sweeps_error(tmp_path):
     """`mup` has no muon rules: the error, from the gate or from compiling a trial, names the spec and experiment."""
     from mupdsl.compile import CompileError

@@ -35,9 +35,10 @@ SYMMETRY = {
                "scale (TP4b Remark 2.2.7 treats SignSGD with Adam); µP's rules are Adam's.",
     "lion": "(a, b, c) → (a+θ, b−θ, c−θ), exactly: Lion's step is the sign of a momentum mix, ±lr per entry "
             "(Chen et al. 2023); µP's rules are Adam's.",
-    "adafactor": "(a, b, c) → (a+θ, b−θ, c): torch.optim.Adafactor multiplies its scale-free step by "
-                 "max(ε₂, RMS(p)) (parameter scaling, always on), which moves with b, so the learning rate absorbs "
-                 "nothing; c_Adafactor = c_Adam − b (Everett et al. 2024): an Adam rule is not an Adafactor rule.",
+    "adafactor": "(a, b, c) → (a+θ, b−θ, c): Adafactor (mupdsl.optim.Adafactor, as torch's) multiplies its "
+                 "scale-free step by max(ε₂, RMS(p)) (parameter scaling, always on), which moves with b, so the "
+                 "learning rate absorbs nothing; c_Adafactor = c_Adam − b (Everett et al. 2024): an Adam rule is "
+                 "not an Adafactor rule.",
     "adafactor_unscaled": "(a, b, c) → (a+θ, b−θ, c−θ) as ε₁ → 0: without parameter scaling Adafactor's step is lr "
                           "times g/√v̂ (factored v̂), clipped to RMS ≤ d, which does not depend on the gradient's "
                           "scale, as Adam's; µP's rules are Adam's (HuggingFace's Adafactor(scale_parameter=False)).",

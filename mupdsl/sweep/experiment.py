@@ -379,6 +379,12 @@ class Experiment(BaseModel):
         if self.decay_to and self.schedule == "constant":
             raise ValueError("decay_to sets the end of a decay: give schedule = \"cosine\" or \"linear\" (or remove "
                              "decay_to)")
+        extras = [k for k in ("trace_samples", "directional") if getattr(self.measure, k)]
+        if extras and not self.measure.sharpness_every:
+            raise ValueError(f"[measure] {' and '.join(extras)} {'are' if len(extras) > 1 else 'is'} taken at each "
+                             "sharpness measurement, but sharpness_every = 0 measures none: set sharpness_every "
+                             f"(the optimizer must have a sharpness: {', '.join(SHARPNESS_OPTIMIZERS)}), or remove "
+                             f"{' and '.join(extras)}")
         chosen = self.measure.sharpness_lrs
         if chosen and not self.measure.sharpness_every:
             raise ValueError("[measure] sharpness_lrs chooses which trials are measured, but sharpness_every = 0 "
