@@ -424,8 +424,10 @@ def sweep_cmd(experiment, out_dir, engine, tasks, partition, address, gpus_per_t
         err().print(f"[bold red]stopped before any trial[/]: specs failing their coordinate check: {exc}")
         err().print("  list them under `ungated` in the experiment file, or pass --no-gate")
         sys.exit(1)
-    except (CompileError, SpecError) as exc:
+    except SpecError as exc:       # located in the spec file already
         raise BadInput(exc.render()) from None
+    except CompileError as exc:    # a spec or the model under this experiment: name its file
+        raise BadInput(f"{experiment}: {exc.render()}") from None
     except (DataMissing, StoreError, EngineRefused) as exc:
         raise BadInput(f"error: {exc}") from None
     try:
