@@ -22,6 +22,8 @@ import numpy as np
 
 MIN_SIZES = 3
 """Sizes a transfer verdict needs: two η* always lie on a line and say nothing about a trend."""
+BETTER = {"width": "wider is better", "depth": "deeper is better"}
+"""The second verdict's name by the size a sweep varies."""
 MAX_SHIFT = 1.0
 """The largest shift of η* across sizes, in grid steps, that still counts as transfer."""
 REL_TOL = 0.02

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import MIN_SIZES, consistency, phase, sharpness_curves, sharpness_spread, transfer
+from .analysis import BETTER, MIN_SIZES, consistency, phase, sharpness_curves, sharpness_spread, transfer
 from .consistency import consistency_rates, width_consistency
 from .plots import consistency_figure, figure_slug, phase_figure, triptych, width_consistency_figure
 from .results import current_trials, outcome_note, stale_note
@@ -101,8 +101,8 @@ def transfer_section(analysis: dict[str, dict], size: str = "width") -> list[str
         return lines + ["No transfer analysis: every trial of this sweep sets γ (see the phase portrait).", ""]
     lines += [f"Transfer needs at least {MIN_SIZES} {size}s, each with η* inside the grid; PASS when η* moves at "
               "most one grid step, UNDECIDED when resampling the seeds puts the shift on both sides of one step. "
-              f"Wider is better: the best loss does not grow with {size} beyond noise.", "",
-              f"| spec | η* per {size} | shift (grid steps) | transfer | wider is better |", "|---|---|---|---|---|"]
+              f"{BETTER[size].capitalize()}: the best loss does not grow with {size} beyond noise.", "",
+              f"| spec | η* per {size} | shift (grid steps) | transfer | {BETTER[size]} |", "|---|---|---|---|---|"]
     for spec, a in sorted(analysis.items()):
         stars = ", ".join(f"{w}: {v:.3g}" + ("" if a["inside"][w] else " (edge)") if v is not None
                           else f"{w}: — ({a['failed'].get(w, 'no η*')})" for w, v in sorted(a["eta_star"].items()))

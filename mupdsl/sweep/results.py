@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import SpecError
-from .analysis import phase, sharpness_curves, sharpness_spread, transfer
+from .analysis import BETTER, phase, sharpness_curves, sharpness_spread, transfer
 from .consistency import consistency_rates, width_consistency
 from .experiment import Experiment
 from .keys import gate_keys, inputs_found, plan_trials
@@ -189,7 +189,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             shift = "—" if a["shift"] is None else f"{a['shift']:.2f}"
             lines += [f"{spec}: η* {stars}; shift {shift} grid steps",
                       f"  transfer {a['transfer']}: {a['transfer_reason']}",
-                      f"  wider is better {a['wider_is_better']}: {a['wider_is_better_reason']}"]
+                      f"  {BETTER[doc['size']]} {a['wider_is_better']}: {a['wider_is_better_reason']}"]
         elif "phase" in a:
             p = a["phase"]
             slopes = ", ".join(f"{label} {'—' if p[k] is None else format(p[k], '.2f')}" for k, label in

@@ -50,7 +50,9 @@ def gate(exp: Experiment, store: Store, say: Callable[[str], None],
                 result = coordcheck(spec, exp.model, device=experiment_device(exp), **gate_options(exp))
             except CompileError as exc:
                 raise spec_error(exp, spec, exc) from None
-            detail = "; ".join(f"{f['key']} t={f['step']} {f['symptom']} ({f['slope']:+.2f})"
+            detail = "; ".join(f"{f['key']} t={f['step']} "
+                               f"{'update' if f['quantity'] == 'delta_rms' else 'activation'} {f['symptom']} "
+                               f"({f['slope']:+.2f})"
                                for f in result.failures[:5])
             store.record_gate(keys[spec], spec, result.verdict, detail)
             found = (result.verdict, detail)
