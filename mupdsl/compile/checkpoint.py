@@ -18,7 +18,7 @@ import torch
 from . import hooks
 from .api import compile_model
 from .compiled import CompiledModel
-from .errors import CompileError
+from .errors import CompileError, listed
 from .plan import Plan, plan_differences
 from .saving import file_hash, model_file, save
 
@@ -53,8 +53,7 @@ def load_compiled(directory, map_location: str | None = "cpu", *, allow_changed_
     differences = plan_differences(saved, compiled.plan)
     if differences:
         raise CompileError(f"{directory}: the plan re-derived from {spec} and {model} is not the checkpoint's: "
-                           + "; ".join(differences[:6]) + (f" and {len(differences) - 6} more" if len(differences) > 6
-                                                           else ""),
+                           + listed(differences, 6, "; "),
                            hint="the spec, the model file or a size changed since the checkpoint was written")
     state = torch.load(directory / "model.pt", map_location=map_location, weights_only=True)
     compiled.model.load_state_dict(state)

@@ -25,7 +25,7 @@ from ..spec import Spec
 from ..spec.resolve import network, tensor_rule
 from . import hooks
 from .analyze import Analysis
-from .errors import CompileError
+from .errors import CompileError, listed
 from .plan import Plan
 
 VERIFY_TOLERANCE = 2e-4
@@ -79,12 +79,11 @@ def lint(plan: Plan, analysis: Analysis, spec: Spec) -> Findings:
                             "spec does not see it and its rules apply on top")
     guessed = [t.name for t in plan.tensors if t.guessed]
     if guessed:
-        out.warnings.append(f"roles read from shapes only (opaque use): {', '.join(guessed[:8])}"
-                            + (f" and {len(guessed) - 8} more" if len(guessed) > 8 else ""))
+        out.warnings.append(f"roles read from shapes only (opaque use): {listed(guessed, 8)}")
     unused = [t.name for t in plan.tensors if t.unused]
     if unused:
         out.warnings.append(f"parameters the forward does not read, planned by their rules all the same: "
-                            f"{', '.join(unused[:8])}" + (f" and {len(unused) - 8} more" if len(unused) > 8 else ""))
+                            f"{listed(unused, 8)}")
     return out
 
 

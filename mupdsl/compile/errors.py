@@ -16,3 +16,9 @@ class CompileError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+def listed(items: list[str], most: int, sep: str = ", ") -> str:
+    """The first ``most`` of ``items`` joined by ``sep``, and how many more there are: for messages that name
+    what went wrong without printing a thousand names."""
+    return sep.join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")

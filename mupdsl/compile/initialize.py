@@ -21,7 +21,7 @@ from torch import nn
 
 from ..optim import Combined, Lion, Muon, SignSGD, adafactor_class, muon_class, torch_muon_groups
 from ..optim.families import ADAFACTOR_EPS2, ADAFACTORS, CLASS_FAMILY, DECOUPLED_DECAY, FAMILY, SIGN_CLASSES
-from .errors import CompileError
+from .errors import CompileError, listed
 from .plan import Plan, TensorPlan
 
 DECOUPLED_CLASSES = ("AdamW", "SignSGD", "Lion", "Muon", "Adafactor", "Combined")
@@ -153,8 +153,8 @@ def _restore_buffers(model: nn.Module) -> list[str]:
                 b._is_hf_initialized = True
     if not left:
         return []
-    return [f"buffers not restored after to_empty (they hold what the memory held): {', '.join(left[:6])}"
-            + (f" and {len(left) - 6} more" if len(left) > 6 else "") + "; set them, or build the model on the CPU"]
+    return [f"buffers not restored after to_empty (they hold what the memory held): {listed(left, 6)}; set them, "
+            "or build the model on the CPU"]
 
 
 def check_coverage(model: nn.Module, plan: Plan) -> None:
@@ -166,10 +166,10 @@ def check_coverage(model: nn.Module, plan: Plan) -> None:
     planned = {id(model.get_parameter(t.name)) for t in plan.tensors if t.name not in missing}
     added = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in planned]
     if missing:
-        raise CompileError(f"the plan names {_listed(missing)}, which the model no longer has",
+        raise CompileError(f"the plan names {listed([repr(n) for n in missing], 5)}, which the model no longer has",
                            hint="compile again after changing the model (mupdsl.compile.apply)")
     if added:
-        raise CompileError(f"the model has trainable parameters the plan does not cover: {_listed(added)}; the "
+        raise CompileError(f"the model has trainable parameters the plan does not cover: {listed([repr(n) for n in added], 5)}; the "
                            "optimizer would never train them", hint="compile again after adding them (their rules "
                            "come from the spec), or freeze them (requires_grad_(False)) if they are not to be trained")
 
@@ -180,10 +180,6 @@ def _has_parameter(model: nn.Module, name: str) -> bool:
     except AttributeError:
         return False
     return True
-
-
-def _listed(names: list[str], most: int = 5) -> str:
-    return ", ".join(f"'{n}'" for n in names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def param_groups(model: nn.Module, plan: Plan) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from .carry import carry
 from .factory import positional
 from .checks import VERIFY_TOLERANCE, base_identity, compare_outputs, lint, verify_carried
 from .compiled import CompiledModel
-from .errors import CompileError
+from .errors import CompileError, listed
 from .initialize import initialize
 from .plan import Plan, build_plan
 from .repeated import expand, find_stack, truncated
@@ -126,7 +126,7 @@ def apply_plan_to(spec: Spec, model: nn.Module, *, base: nn.Module, probe: nn.Mo
                                                                    base_stds, _at_base(analysis)))
     if problems:
         raise CompileError(f"{spec.name} at the base width and depth is not the user's model (TP5 Eq. 4): "
-                           + "; ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else ""),
+                           + listed(problems, 5, "; "),
                            hint="a ratio-form spec must reduce to the model's own init, one learning rate and no "
                                 "multiplier at the base size; check the rules named")
     plan = carry(plan, analysis, traced.graph_module, view)

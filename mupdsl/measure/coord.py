@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..compile import CompiledModel, compile_model, load_factory
+from ..compile.errors import listed
 from ..compile.init_record import preserved_rng
 from ..compile.stacked import FlatStack
 from ..spec import Spec, apply_overrides, load_spec
@@ -168,7 +169,7 @@ def coordcheck(spec: Spec | str, model: str, *, widths: tuple[int, ...] = (64, 1
 
 
 def _names(keys: list[str], most: int = 3) -> str:
-    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+    return listed(keys, most)
 
 
 def _device(device: str | torch.device | None) -> torch.device | None:

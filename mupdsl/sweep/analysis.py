@@ -36,6 +36,11 @@ SPREAD_PERCENTILES = (5.0, 95.0)
 """The shift's spread over seed resamples: the central 90 %."""
 
 
+def mean_loss(values: list[float]) -> float:
+    """The loss of one grid point over seeds: their mean, or +inf when any of them diverged (+inf)."""
+    return float(np.mean(values)) if all(math.isfinite(v) for v in values) else math.inf
+
+
 def eta_star(lrs: list[float], losses: list[float]) -> float:
     """Minimiser of the loss over a log-spaced lr grid: the vertex of the parabola (in log η) fitted by least
     squares to the grid minimum and two neighbours on each side — or one, where the grid or a diverged point ends
@@ -256,8 +261,7 @@ def transfer(trials: list[dict[str, Any]], size: str = "width") -> dict[str, dic
             per_lr = by_spec[spec].get(width, {})
             counts[width] = {s: per_size[width].count(s) for s in ("done", "diverged", "crashed")}
             lrs = sorted(per_lr)
-            losses = [float(np.mean(per_lr[lr])) if all(math.isfinite(v) for v in per_lr[lr]) else math.inf
-                      for lr in lrs]
+            losses = [mean_loss(per_lr[lr]) for lr in lrs]
             curves[width] = dict(zip(lrs, losses))
             reason = unconverged_reason(per_size[width])
             if reason is None and not any(math.isfinite(v) for v in losses):
@@ -355,7 +359,7 @@ def phase(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             cells[gammas.index(t["gamma"]), lrs.index(t["lr"])].append(value)
         grid = np.full((len(gammas), len(lrs)), np.inf)
         for (i, j), values in cells.items():
-            grid[i, j] = float(np.mean(values)) if all(np.isfinite(values)) else np.inf
+            grid[i, j] = mean_loss(values)
         stars = [eta_star(lrs, list(row)) for row in grid]
         inside = [bracketed(lrs, list(row)) for row in grid]
         # an η* at the grid's edge is only a bound: it stays out of the fits, and the result says which
